@@ -1,0 +1,432 @@
+"""Self-normalizing dense and convolutional flow layers (the paper's contribution).
+
+Keller et al., *Self Normalizing Flows*, ICML 2021, §3-§4 and appendix A.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from snf_tf.layers.base import FlowLayer, in_xla_context
+from snf_tf.ops import selfnorm as sn_ops
+from snf_tf.ops import toeplitz
+
+__all__ = ["SelfNormDense", "SelfNormConv2D"]
+
+_RECONSTRUCTIONS = ("default", "symmetric", "only_inverse")
+
+
+class _SelfNormLayer(FlowLayer):
+    """Shared machinery: gradient modes, learned inverse, reconstruction loss, exact log-det cache.
+
+    Subclasses provide ``_linear(x, kernel)`` (the bias-free map), ``_selfnorm_op``,
+    ``_log_det_surrogate``, ``_live_log_abs_det(kernel)`` and ``_exact_solve(y, kernel)``.
+    """
+
+    _gradients = ("self_normalized", "exact")
+
+    def __init__(self, gradient="self_normalized", reconstruction_weight=1.0,
+                 reconstruction="default", **kwargs):
+        super().__init__(**kwargs)
+        if gradient not in self._gradients:
+            raise ValueError(
+                f"{type(self).__name__}: gradient must be one of {self._gradients}, got {gradient!r}."
+            )
+        weight = float(reconstruction_weight)
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"{type(self).__name__}: reconstruction_weight must be finite and >= 0, got {weight}."
+            )
+        if reconstruction not in _RECONSTRUCTIONS:
+            raise ValueError(
+                f"{type(self).__name__}: reconstruction must be one of {_RECONSTRUCTIONS}, "
+                f"got {reconstruction!r}."
+            )
+        self.gradient = gradient
+        self.initial_reconstruction_weight = weight
+        self.reconstruction = reconstruction
+
+    @property
+    def learns_inverse(self):
+        """True when the layer trains a learned inverse ``inverse_kernel`` (SNF mode)."""
+        return self.gradient == "self_normalized"
+
+    @property
+    def uses_reconstruction(self):
+        return self.learns_inverse and self.initial_reconstruction_weight > 0
+
+    def _add_common_weights(self, kernel_shape):
+        """Learned inverse, λ and the exact-log-det cache (call after ``kernel``/``bias`` exist)."""
+        if self.learns_inverse:
+            self.inverse_kernel = self.add_weight(
+                name="inverse_kernel", shape=kernel_shape,
+                initializer=lambda shape, dtype: self._initial_inverse(),
+            )
+        # A variable, not a constant, so that GECO can change λ without retracing.
+        self.reconstruction_weight = self.add_weight(
+            name="reconstruction_weight", shape=(),
+            initializer=keras.initializers.Constant(self.initial_reconstruction_weight),
+            trainable=False,
+        )
+        self.log_det_cache = self.add_weight(
+            name="log_det_cache", shape=(), initializer="zeros", trainable=False
+        )
+        # The kernel the cache was computed from; NaN = never computed, so the cache starts stale.
+        self.log_det_kernel = self.add_weight(
+            name="log_det_kernel", shape=kernel_shape,
+            initializer=keras.initializers.Constant(float("nan")), trainable=False,
+        )
+
+    # -- exact log|det| ------------------------------------------------------------------------
+    def refresh_log_det(self):
+        """Recompute the exact ``log|det|`` into the cache (outside XLA) and return it."""
+        if not self.built:
+            raise ValueError(f"{self.name}: build the layer (call it once) before refresh_log_det().")
+        value = self._live_log_abs_det(tf.convert_to_tensor(self.kernel))
+        self.log_det_cache.assign(value)
+        self.log_det_kernel.assign(self.kernel)
+        return value
+
+    def _cache_is_fresh(self):
+        return tf.reduce_all(tf.equal(tf.convert_to_tensor(self.kernel),
+                                      tf.convert_to_tensor(self.log_det_kernel)))
+
+    def exact_log_abs_det(self):
+        """The true ``log|det|`` of the layer's Jacobian (a scalar, per example).
+
+        ``gradient="exact"``: computed live and differentiable. Otherwise the cache is used while it
+        matches the current kernel; a stale cache is recomputed (eagerly: and stored) — except under
+        XLA, where slogdet has no kernel and a stale cache yields NaN rather than a wrong number.
+        Call ``refresh_log_det()`` after weight updates and before compiled evaluation.
+        """
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self.gradient == "exact":
+            return self._live_log_abs_det(kernel)
+        cache = tf.convert_to_tensor(self.log_det_cache)
+        if tf.executing_eagerly():
+            if not bool(self._cache_is_fresh()):
+                self.refresh_log_det()
+            return tf.convert_to_tensor(self.log_det_cache)
+        fresh = self._cache_is_fresh()
+        if in_xla_context():
+            return tf.where(fresh, cache, tf.constant(float("nan"), cache.dtype))
+        return tf.cond(fresh, lambda: cache, lambda: self._live_log_abs_det(kernel))
+
+    # -- protocol ------------------------------------------------------------------------------
+    def forward(self, x, exact=False, training=False):
+        """``z = f(x)`` and ``log|det ∂z/∂x|`` per example.
+
+        ``exact=False``: for SNF and relative modes the log-det is 0 in value and carries the
+        self-normalized (resp. relative) gradient. ``exact=True``: the true value, same gradient.
+        With ``training=True`` the reconstruction loss of ``x`` is registered via ``add_loss``.
+        """
+        x = self._check_input(x)
+        kernel = tf.convert_to_tensor(self.kernel)
+        bias = tf.convert_to_tensor(self.bias)
+        if self.gradient == "exact":
+            z = self._linear(x, kernel) + bias
+            log_det = self._live_log_abs_det(kernel)
+        else:
+            if self.gradient == "relative":
+                z = sn_ops.relative_dense(x, kernel, bias)
+                log_det = sn_ops.value_zero(sn_ops.relative_log_det_surrogate(kernel))
+            else:
+                inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
+                fuse = training and self.uses_reconstruction and self.reconstruction == "default"
+                weight = tf.convert_to_tensor(self.reconstruction_weight) if fuse else None
+                z, recon = self._selfnorm_op(x, kernel, bias, inverse_kernel, weight)
+                if training and self.uses_reconstruction:
+                    self._register_reconstruction(recon if fuse else self.reconstruction_loss(x))
+                log_det = sn_ops.value_zero(self._log_det_surrogate(kernel, inverse_kernel))
+            if exact:
+                log_det = log_det + tf.stop_gradient(self.exact_log_abs_det())
+        return z, tf.broadcast_to(log_det, tf.shape(x)[:1])
+
+    def inverse(self, z, exact=False):
+        """``x = f⁻¹(z)``: through the learned inverse R, or an exact solve when ``exact=True``
+        (always exact for modes without a learned inverse)."""
+        z = self._check_input(z, "z")
+        y = z - tf.convert_to_tensor(self.bias)
+        if exact or not self.learns_inverse:
+            return self._exact_solve(y, tf.convert_to_tensor(self.kernel))
+        return self._linear(y, tf.convert_to_tensor(self.inverse_kernel))
+
+    def reconstruction_loss(self, x):
+        """``λ · mean_batch Σ (R(W x) − x)²`` with ``x`` held constant (bias-free, paper eq. 3).
+
+        ``reconstruction="symmetric"`` averages it with ``Σ (sg(Wx) − W(R(Wx)))²``;
+        ``"only_inverse"`` stops the gradient into W. Examples with non-finite values count as 0.
+        """
+        if not self.learns_inverse:
+            return tf.zeros([], dtype=self.compute_dtype)
+        x = tf.stop_gradient(self._check_input(x))
+        axes = list(range(1, x.shape.rank))
+        ok = tf.reduce_all(tf.math.is_finite(x), axis=axes, keepdims=True)
+        x = tf.where(ok, x, tf.zeros_like(x))  # keeps NaN rows out of the gradient too
+        kernel = tf.convert_to_tensor(self.kernel)
+        inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
+        h = self._linear(x, kernel)
+        if self.reconstruction == "only_inverse":
+            h = tf.stop_gradient(h)
+        per_example = tf.reduce_sum(tf.square(self._linear(h, inverse_kernel) - x), axis=axes)
+        if self.reconstruction == "symmetric":
+            h_round = self._linear(self._linear(h, inverse_kernel), kernel)
+            per_example = 0.5 * (per_example + tf.reduce_sum(
+                tf.square(tf.stop_gradient(h) - h_round), axis=axes))
+        per_example = tf.where(tf.math.is_finite(per_example), per_example,
+                               tf.zeros_like(per_example))
+        return tf.convert_to_tensor(self.reconstruction_weight) * tf.reduce_mean(per_example)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            gradient=self.gradient,
+            reconstruction_weight=self.initial_reconstruction_weight,
+            reconstruction=self.reconstruction,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class SelfNormDense(_SelfNormLayer):
+    r"""Square dense flow layer ``z = x W + b`` trained with the self-normalized gradient.
+
+    Keller et al., ICML 2021, §3.1. The layer learns ``R ≈ W⁻¹`` (``inverse_kernel``) and replaces
+    the O(D³) gradient of ``log|det W|`` by ``Rᵀ``; the likelihood gradients of W and R carry a
+    factor ½ (the objective is ½ log p_f + ½ log p_g), and ``λ‖R W x − x‖²`` keeps R an inverse:
+
+    .. math::
+        ∂L/∂W = ½(δ xᵀ − Rᵀ) + ∂_W rec,\quad ∂L/∂R = ½(−δ_x (Wx)ᵀ + Wᵀ) + ∂_R rec.
+
+    Args:
+        gradient: ``"self_normalized"`` (default), ``"exact"`` (autodiff through ``slogdet(W)``,
+            the paper's exact-gradient baseline) or ``"relative"`` (Gresele et al., NeurIPS 2020:
+            Euclidean gradient right-multiplied by ``WᵀW``). Only the SNF mode has ``inverse_kernel``.
+        reconstruction_weight: λ of the reconstruction loss (SNF mode).
+        reconstruction: ``"default"``, ``"symmetric"`` or ``"only_inverse"`` (paper §3, code options).
+
+    Weights: ``kernel`` [D, D] with ``z = x @ kernel + bias`` (initialised to I), ``bias``
+    (N(0, std(I)²)), ``inverse_kernel`` with ``x ≈ (z − bias) @ inverse_kernel`` (I).
+    """
+
+    input_rank = 2
+    _gradients = ("self_normalized", "exact", "relative")
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"{self.name}: SelfNormDense needs inputs of shape [batch, D] with known D, "
+                f"got {tuple(input_shape)}."
+            )
+        dim = int(input_shape[-1])
+        self.units = dim
+        self.kernel = self.add_weight(name="kernel", shape=(dim, dim),
+                                      initializer=keras.initializers.Identity())
+        # Reference init: bias ~ N(0, std(W)²) with W = I.
+        self.bias = self.add_weight(
+            name="bias", shape=(dim,),
+            initializer=keras.initializers.RandomNormal(stddev=float(np.std(np.eye(dim)))),
+        )
+        self._add_common_weights((dim, dim))
+
+    def _initial_inverse(self):
+        return tf.transpose(tf.convert_to_tensor(self.kernel))
+
+    def _layout_description(self):
+        return "[batch, D]"
+
+    def _check_shape(self, shape, name):
+        if shape[-1] is not None and shape[-1] != self.units:
+            raise ValueError(
+                f"{self.name}: {name} has {shape[-1]} features but the layer was built for "
+                f"D = {self.units} (SelfNormDense is square, D → D)."
+            )
+
+    def _linear(self, x, kernel):
+        return tf.matmul(x, kernel)
+
+    def _selfnorm_op(self, x, kernel, bias, inverse_kernel, weight):
+        return sn_ops.selfnorm_dense(x, kernel, bias, inverse_kernel, weight)
+
+    def _log_det_surrogate(self, kernel, inverse_kernel):
+        return sn_ops.dense_log_det_surrogate(kernel, inverse_kernel)
+
+    def _live_log_abs_det(self, kernel):
+        return tf.linalg.slogdet(kernel)[1]
+
+    def _exact_solve(self, y, kernel):
+        return tf.transpose(tf.linalg.solve(kernel, tf.transpose(y), adjoint=True))
+
+    def inverse_error(self):
+        """Frobenius norm ‖R W − I‖ of the learned inverse (0 when R = W⁻¹)."""
+        product = tf.matmul(tf.convert_to_tensor(self.kernel),
+                            tf.convert_to_tensor(self.inverse_kernel))
+        return tf.norm(product - tf.eye(self.units, dtype=product.dtype))
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class SelfNormConv2D(_SelfNormLayer):
+    r"""Square k×k convolutional flow layer ``z = w ⋆ x + b`` with the self-normalized gradient.
+
+    Keller et al., ICML 2021, §3.2 and appendix A.2. 'same' padding, stride 1, C → C channels,
+    NHWC. The learned inverse is the conv ``x ≈ r ⋆ (z − b)``; the log-det gradient of the
+    Toeplitz matrix ``T(w)`` is replaced by ``flip(r) ⊙ m``, with ``flip`` the transposed-conv kernel
+    and ``m`` the number of positions each kernel tap touches:
+
+    .. math::
+        ∂L/∂w = ½(δ_z ⋆ x − flip(r)⊙m) + ∂_w rec,\quad ∂L/∂r = ½(−δ_x ⋆ (z−b) + flip(w)⊙m) + ∂_r rec.
+
+    The exact log-det is ``H·W·log|det w|`` for 1×1 kernels and ``log|det T(w)|`` otherwise.
+
+    Args:
+        kernel_size: odd int (1, 3, 5, ...).
+        gradient: ``"self_normalized"`` (default) or ``"exact"`` (autodiff through the Toeplitz slogdet).
+        reconstruction_weight, reconstruction: as in :class:`SelfNormDense`.
+        padding, strides: only ``"same"`` and 1 are flows; anything else is rejected.
+
+    Init (reference): k > 1: identity (dirac) kernel + Xavier-normal noise (gain 0.01), ``R = flip(W)``;
+    1×1: random orthogonal, ``R = Wᵀ``.
+    """
+
+    input_rank = 4
+
+    def __init__(self, kernel_size=3, gradient="self_normalized", reconstruction_weight=1.0,
+                 reconstruction="default", padding="same", strides=1, **kwargs):
+        super().__init__(gradient=gradient, reconstruction_weight=reconstruction_weight,
+                         reconstruction=reconstruction, **kwargs)
+        if isinstance(kernel_size, (tuple, list)):
+            if len(kernel_size) != 2 or kernel_size[0] != kernel_size[1]:
+                raise ValueError(f"SelfNormConv2D: kernel_size must be square, got {kernel_size}.")
+            kernel_size = kernel_size[0]
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) \
+                or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                f"SelfNormConv2D: kernel_size must be an odd positive int (1, 3, 5, ...), "
+                f"got {kernel_size!r}; even kernels have no centred 'same' padding."
+            )
+        if str(padding).lower() != "same":
+            raise ValueError(
+                f"SelfNormConv2D: only padding='same' keeps the layer square and invertible, "
+                f"got {padding!r}."
+            )
+        if strides not in (1, (1, 1), [1, 1]):
+            raise ValueError(f"SelfNormConv2D: only strides=1 is invertible, got {strides!r}.")
+        self.kernel_size = int(kernel_size)
+        self._toeplitz = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or any(d is None for d in input_shape[1:]):
+            raise ValueError(
+                f"{self.name}: SelfNormConv2D needs NHWC inputs with known H, W, C, "
+                f"got {tuple(input_shape)}."
+            )
+        height, width, channels = (int(d) for d in input_shape[1:])
+        self.spatial_shape = (height, width, channels)
+        k = self.kernel_size
+        shape = (k, k, channels, channels)
+        if k == 1:
+            kernel_init = self._orthogonal_init
+            bias_std = 0.01 / math.sqrt(channels)
+        else:
+            # Xavier-normal with gain 0.01, fan_in = fan_out = C·k² (PyTorch's convention).
+            bias_std = 0.01 / math.sqrt(channels * k * k)
+            kernel_init = self._dirac_init(bias_std)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=kernel_init)
+        self.bias = self.add_weight(name="bias", shape=(channels,),
+                                    initializer=keras.initializers.RandomNormal(stddev=bias_std))
+        self._counts = sn_ops.tap_counts(k, height, width)
+        self._add_common_weights(shape)
+
+    @staticmethod
+    def _orthogonal_init(shape, dtype=None):
+        matrix = keras.initializers.Orthogonal()((shape[2], shape[3]), dtype=dtype)
+        return tf.reshape(matrix, shape)
+
+    @staticmethod
+    def _dirac_init(noise_std):
+        def init(shape, dtype=None):
+            k, _, channels, _ = shape
+            dirac = np.zeros(shape)
+            dirac[k // 2, k // 2] = np.eye(channels)
+            noise = keras.initializers.RandomNormal(stddev=noise_std)(shape, dtype=dtype)
+            return tf.cast(dirac, noise.dtype) + noise
+        return init
+
+    def _initial_inverse(self):
+        return sn_ops.flip_kernel(tf.convert_to_tensor(self.kernel))
+
+    def _layout_description(self):
+        return "NHWC: [batch, height, width, channels]"
+
+    def _check_shape(self, shape, name):
+        got = tuple(shape[1:])
+        if shape[-1] is not None and shape[-1] != self.spatial_shape[-1]:
+            raise ValueError(
+                f"{self.name}: {name} has {shape[-1]} channels but the layer was built for "
+                f"C = {self.spatial_shape[-1]} (NHWC, C → C)."
+            )
+        if got[:2] != self.spatial_shape[:2] and None not in got[:2]:
+            raise ValueError(
+                f"{self.name}: {name} has spatial size {got[:2]} but the layer was built for "
+                f"{self.spatial_shape[:2]}; the exact log-det depends on H×W, use one layer per size."
+            )
+
+    def _linear(self, x, kernel):
+        return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+
+    def _selfnorm_op(self, x, kernel, bias, inverse_kernel, weight):
+        return sn_ops.selfnorm_conv2d(x, kernel, bias, inverse_kernel, weight)
+
+    def _log_det_surrogate(self, kernel, inverse_kernel):
+        return sn_ops.conv_log_det_surrogate(kernel, inverse_kernel, self._counts)
+
+    @property
+    def toeplitz_size(self):
+        height, width, channels = self.spatial_shape
+        return height * width * channels
+
+    def _toeplitz_indices(self):
+        if self._toeplitz is None:  # built lazily: only exact evaluation needs it
+            self._toeplitz = toeplitz.toeplitz_indices(*self.spatial_shape, self.kernel_size)
+        return self._toeplitz
+
+    def toeplitz_matrix(self, kernel=None):
+        """Dense ``[D, D]`` matrix of the conv, ``vec(conv(x, kernel)) = vec(x) @ T``."""
+        kernel = tf.convert_to_tensor(self.kernel if kernel is None else kernel)
+        positions, taps = self._toeplitz_indices()
+        return toeplitz.conv_toeplitz(kernel, positions, taps, self.toeplitz_size)
+
+    def _live_log_abs_det(self, kernel):
+        if self.kernel_size == 1:
+            height, width, _ = self.spatial_shape
+            return height * width * tf.linalg.slogdet(kernel[0, 0])[1]
+        positions, taps = self._toeplitz_indices()
+        return toeplitz.conv_log_abs_det(kernel, positions, taps, self.toeplitz_size)
+
+    def _exact_solve(self, y, kernel):
+        if self.kernel_size == 1:
+            channels = self.spatial_shape[-1]
+            flat = tf.reshape(y, [-1, channels])
+            x = tf.transpose(tf.linalg.solve(kernel[0, 0], tf.transpose(flat), adjoint=True))
+            return tf.reshape(x, tf.shape(y))
+        positions, taps = self._toeplitz_indices()
+        return toeplitz.conv_solve(kernel, positions, taps, self.toeplitz_size, y)
+
+    def inverse_error(self):
+        """Frobenius norm ‖T(R) T(W) − I‖ of the learned inverse (1×1: H·W-weighted C×C form)."""
+        kernel = tf.convert_to_tensor(self.kernel)
+        inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
+        if self.kernel_size == 1:
+            height, width, channels = self.spatial_shape
+            product = tf.matmul(kernel[0, 0], inverse_kernel[0, 0])
+            eye = tf.eye(channels, dtype=product.dtype)
+            return tf.sqrt(float(height * width)) * tf.norm(product - eye)
+        product = tf.matmul(self.toeplitz_matrix(kernel), self.toeplitz_matrix(inverse_kernel))
+        return tf.norm(product - tf.eye(self.toeplitz_size, dtype=product.dtype))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size)
+        return config
