@@ -67,7 +67,9 @@ class _SelfNormLayer(FlowLayer):
         # A variable, not a constant, so that GECO can change λ without retracing.
         self.reconstruction_weight = self.add_weight(
             name="reconstruction_weight", shape=(),
-            initializer=keras.initializers.Constant(self.initial_reconstruction_weight),
+            # Constant() rounds through float32; build the value in the weight's own dtype.
+            initializer=lambda shape, dtype: tf.constant(
+                self.initial_reconstruction_weight, dtype=dtype, shape=shape),
             trainable=False,
         )
         self.log_det_cache = self.add_weight(
@@ -422,7 +424,7 @@ class SelfNormConv2D(_SelfNormLayer):
             height, width, channels = self.spatial_shape
             product = tf.matmul(kernel[0, 0], inverse_kernel[0, 0])
             eye = tf.eye(channels, dtype=product.dtype)
-            return tf.sqrt(float(height * width)) * tf.norm(product - eye)
+            return math.sqrt(height * width) * tf.norm(product - eye)
         product = tf.matmul(self.toeplitz_matrix(kernel), self.toeplitz_matrix(inverse_kernel))
         return tf.norm(product - tf.eye(self.toeplitz_size, dtype=product.dtype))
 

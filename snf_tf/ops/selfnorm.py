@@ -64,12 +64,17 @@ def _masked_recon(x, x_hat, weight, axes):
     return recon, err, finite
 
 
-def _recon_input_grad(err, finite, weight, upstream, batch_rank):
+def _recon_input_grad(err, finite, weight, upstream):
     """∂recon/∂x̂, zero for masked examples (so a NaN example never reaches the weights)."""
     n = tf.cast(tf.shape(err)[0], err.dtype)
     scale = (2.0 * weight / n) * upstream
-    mask = tf.reshape(finite, [-1] + [1] * (batch_rank - 1))
-    return tf.where(mask, scale * err, tf.zeros_like(err))
+    return _zero_masked(scale * err, finite)
+
+
+def _zero_masked(t, finite):
+    """Rows of non-finite examples set to 0, so 0·NaN never enters a weight gradient."""
+    mask = tf.reshape(finite, [-1] + [1] * (t.shape.rank - 1))
+    return tf.where(mask, t, tf.zeros_like(t))
 
 
 def selfnorm_dense(x, kernel, bias, inverse_kernel, reconstruction_weight=None):
@@ -97,11 +102,12 @@ def selfnorm_dense(x, kernel, bias, inverse_kernel, reconstruction_weight=None):
             dh = 0.5 * dz
             dg = -0.5 * dx
             if fused and drecon is not None:
-                dx_hat = _recon_input_grad(err, finite, weight, drecon, 2)
+                dx_hat = _recon_input_grad(err, finite, weight, drecon)
                 dh = dh + tf.matmul(dx_hat, inverse_kernel, transpose_b=True)
                 dg = dg + dx_hat
-            dkernel = tf.matmul(x, dh, transpose_a=True)
-            dinverse = tf.matmul(h, dg, transpose_a=True)
+            xs, hs = (_zero_masked(x, finite), _zero_masked(h, finite)) if fused else (x, h)
+            dkernel = tf.matmul(xs, dh, transpose_a=True)
+            dinverse = tf.matmul(hs, dg, transpose_a=True)
             dbias = tf.reduce_sum(dz, axis=0)
             return dx, dkernel, dbias, dinverse
 
@@ -148,11 +154,12 @@ def selfnorm_conv2d(x, kernel, bias, inverse_kernel, reconstruction_weight=None)
             dh = 0.5 * dz
             dg = -0.5 * dx
             if fused and drecon is not None:
-                dx_hat = _recon_input_grad(err, finite, weight, drecon, 4)
+                dx_hat = _recon_input_grad(err, finite, weight, drecon)
                 dh = dh + _conv_input_grad(dx_hat, inverse_kernel, tf.shape(h))
                 dg = dg + dx_hat
-            dkernel = _conv_kernel_grad(x, dh, tf.shape(kernel))
-            dinverse = _conv_kernel_grad(h, dg, tf.shape(inverse_kernel))
+            xs, hs = (_zero_masked(x, finite), _zero_masked(h, finite)) if fused else (x, h)
+            dkernel = _conv_kernel_grad(xs, dh, tf.shape(kernel))
+            dinverse = _conv_kernel_grad(hs, dg, tf.shape(inverse_kernel))
             dbias = tf.reduce_sum(dz, axis=[0, 1, 2])
             return dx, dkernel, dbias, dinverse
 

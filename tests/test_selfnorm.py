@@ -1,0 +1,374 @@
+"""SelfNormDense and SelfNormConv2D: gradients against independent references (float64).
+
+References: autodiff of the exact NLL through slogdet, NumPy formulas of the paper (§3, A.1-A.2),
+dense Toeplitz matrices built by pushing basis images through ``tf.nn.conv2d`` (independent of the
+index scatter used by the layers), and ``batch_jacobian``.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from snf_tf import SelfNormConv2D, SelfNormDense
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+
+def neg_log_likelihood(z, log_det):
+    """Batch-mean NLL under a standard-normal base, summed over dims."""
+    axes = list(range(1, z.shape.rank))
+    d = float(np.prod(z.shape[1:]))
+    log_pz = -0.5 * tf.reduce_sum(tf.square(z), axis=axes) - 0.5 * d * LOG_2PI
+    return -tf.reduce_mean(log_pz + log_det)
+
+
+def layer_gradients(layer, x, exact=False, training=True, extra_loss=None):
+    """Loss = NLL (+ registered reconstruction) through ``layer.forward``; grads by weight name."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, log_det = layer.forward(x, exact=exact, training=training)
+        loss = neg_log_likelihood(z, log_det) + tf.add_n([tf.zeros([], x.dtype)] + layer.losses)
+        if extra_loss is not None:
+            loss = loss + extra_loss(x)
+    weights = layer.trainable_weights
+    grads = tape.gradient(loss, [x] + weights)
+    return {"x": grads[0], **{w.name: g for w, g in zip(weights, grads[1:])}}, z
+
+
+def make_dense(dim, rng, gradient="self_normalized", inverse="exact", **kwargs):
+    layer = SelfNormDense(gradient=gradient, dtype="float64", **kwargs)
+    layer.build((None, dim))
+    kernel = np.eye(dim) + 0.3 * rng.standard_normal((dim, dim))
+    layer.kernel.assign(kernel)
+    layer.bias.assign(0.5 * rng.standard_normal(dim))
+    if layer.learns_inverse:
+        inv = np.linalg.inv(kernel)
+        if inverse != "exact":
+            inv = inv + 0.1 * rng.standard_normal((dim, dim))
+        layer.inverse_kernel.assign(inv)
+    return layer
+
+
+def conv_matrix(kernel, h, w):
+    """Dense matrix T with vec(conv(x, K)) = vec(x) @ T, by convolving the identity basis."""
+    c = kernel.shape[2]
+    d = h * w * c
+    basis = tf.reshape(tf.eye(d, dtype=tf.float64), [d, h, w, c])
+    return tf.reshape(tf.nn.conv2d(basis, kernel, strides=1, padding="SAME"), [d, d])
+
+
+def project_to_kernel(matrix, kernel_shape, h, w):
+    """Adjoint of K ↦ T(K): Σ of ``matrix`` over the entries where each kernel tap sits."""
+    kernel = tf.Variable(tf.zeros(kernel_shape, tf.float64))
+    with tf.GradientTape() as tape:
+        inner = tf.reduce_sum(conv_matrix(kernel, h, w) * matrix)
+    return tape.gradient(inner, kernel).numpy()
+
+
+def make_conv(k, c, h, w, rng, gradient="self_normalized", **kwargs):
+    layer = SelfNormConv2D(k, gradient=gradient, dtype="float64", **kwargs)
+    layer.build((None, h, w, c))
+    kernel = 0.15 * rng.standard_normal((k, k, c, c))
+    kernel[k // 2, k // 2] += np.eye(c)
+    layer.kernel.assign(kernel)
+    layer.bias.assign(0.3 * rng.standard_normal(c))
+    if layer.learns_inverse:
+        inverse = 0.15 * rng.standard_normal((k, k, c, c))
+        inverse[k // 2, k // 2] += np.linalg.inv(kernel[k // 2, k // 2])
+        layer.inverse_kernel.assign(inverse)
+    return layer
+
+
+# -- 1. dense SNF gradient ---------------------------------------------------------------------
+def test_dense_snf_gradient_is_half_the_exact_gradient_when_r_is_the_inverse():
+    rng = np.random.default_rng(0)
+    layer = make_dense(6, rng, reconstruction_weight=0.7)
+    x = rng.standard_normal((9, 6))
+    snf, _ = layer_gradients(layer, x)
+
+    kernel = tf.Variable(layer.kernel.numpy())
+    bias = tf.Variable(layer.bias.numpy())
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        z = xt @ kernel + bias
+        loss = neg_log_likelihood(z, tf.linalg.slogdet(kernel)[1] * tf.ones(9, tf.float64))
+    d_kernel, d_bias, d_x = tape.gradient(loss, [kernel, bias, xt])
+
+    np.testing.assert_allclose(snf["kernel"], 0.5 * d_kernel.numpy(), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(snf["bias"], d_bias, rtol=1e-10)
+    np.testing.assert_allclose(snf["x"], d_x, rtol=1e-10)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+def test_dense_gradients_equal_the_paper_formulas_in_numpy(weight):
+    rng = np.random.default_rng(1)
+    layer = make_dense(5, rng, inverse="perturbed", reconstruction_weight=weight)
+    x = rng.standard_normal((7, 5))
+    snf, _ = layer_gradients(layer, x)
+
+    # Column convention of the paper: z = W x + b, R ≈ W⁻¹; Keras stores kernel = Wᵀ.
+    W, R, b = layer.kernel.numpy().T, layer.inverse_kernel.numpy().T, layer.bias.numpy()
+    n = len(x)
+    z = x @ W.T + b
+    delta = z / n                      # ∂L/∂z of the batch-mean NLL
+    dx = delta @ W                     # Wᵀδ per example
+    wx = x @ W.T
+    err = wx @ R.T - x                 # R W x − x
+    dW = 0.5 * (delta.T @ x - R.T) + 2 * weight / n * R.T @ err.T @ x
+    dR = 0.5 * (-dx.T @ wx + W.T) + 2 * weight / n * err.T @ wx
+    np.testing.assert_allclose(snf["kernel"], dW.T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(snf["inverse_kernel"], dR.T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(snf["bias"], delta.sum(0), rtol=1e-10)
+    np.testing.assert_allclose(snf["x"], dx, rtol=1e-10)
+
+
+@pytest.mark.parametrize("make", ["dense", "conv"])
+def test_fused_reconstruction_equals_standalone_reconstruction_loss(make):
+    rng = np.random.default_rng(2)
+    if make == "dense":
+        layer, x = make_dense(5, rng, inverse="perturbed", reconstruction_weight=0.3), \
+            rng.standard_normal((4, 5))
+    else:
+        layer, x = make_conv(3, 2, 4, 5, rng, reconstruction_weight=0.3), \
+            rng.standard_normal((3, 4, 5, 2))
+    fused, _ = layer_gradients(layer, x, training=True)
+    recon_fused = float(layer.losses[0])
+    standalone, _ = layer_gradients(layer, x, training=False, extra_loss=layer.reconstruction_loss)
+    assert recon_fused > 0
+    np.testing.assert_allclose(recon_fused, float(layer.reconstruction_loss(x)), rtol=1e-12)
+    for name in fused:
+        np.testing.assert_allclose(fused[name], standalone[name], rtol=1e-9, atol=1e-12)
+
+
+def test_reconstruction_variants_match_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 4))
+    base = make_dense(4, rng, inverse="perturbed", reconstruction_weight=2.0)
+    K, Kr = base.kernel.numpy(), base.inverse_kernel.numpy()
+    h = x @ K
+    forward_err = np.sum((h @ Kr - x) ** 2, axis=1)
+    backward_err = np.sum((h - h @ Kr @ K) ** 2, axis=1)
+    expected = {"default": 2.0 * forward_err.mean(),
+                "symmetric": 2.0 * (0.5 * (forward_err + backward_err)).mean(),
+                "only_inverse": 2.0 * forward_err.mean()}
+    for mode, value in expected.items():
+        layer = SelfNormDense(reconstruction_weight=2.0, reconstruction=mode, dtype="float64")
+        layer.build((None, 4))
+        layer.set_weights(base.get_weights())
+        with tf.GradientTape() as tape:
+            loss = layer.reconstruction_loss(x)
+        np.testing.assert_allclose(float(loss), value, rtol=1e-12)
+        d_kernel = tape.gradient(loss, layer.kernel)
+        if mode == "only_inverse":
+            assert d_kernel is None or not np.any(d_kernel.numpy())
+        else:
+            assert np.any(d_kernel.numpy())
+
+
+def test_reconstruction_loss_ignores_non_finite_examples():
+    rng = np.random.default_rng(4)
+    layer = make_dense(3, rng, inverse="perturbed")
+    x = rng.standard_normal((4, 3))
+    bad = x.copy()
+    bad[1, 0] = np.nan
+    with tf.GradientTape(persistent=True) as tape:
+        clean = layer.reconstruction_loss(np.delete(x, 1, axis=0))
+        masked = layer.reconstruction_loss(bad)
+        _, _ = layer.forward(bad, training=True)
+        fused = layer.losses[0]
+    np.testing.assert_allclose(float(masked), float(clean) * 3 / 4, rtol=1e-12)
+    np.testing.assert_allclose(float(fused), float(masked), rtol=1e-12)
+    for loss in (masked, fused):
+        grads = tape.gradient(loss, [layer.kernel, layer.inverse_kernel])
+        assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+# -- 2. conv SNF gradient against a dense Toeplitz computation ----------------------------------
+CONV_CASES = [(1, 1, 4, 4), (1, 3, 3, 5), (1, 4, 2, 3), (3, 1, 5, 5), (3, 3, 4, 6), (3, 4, 3, 3),
+              (5, 1, 6, 5), (5, 3, 4, 4), (5, 4, 3, 4)]  # k, C, H, W
+
+
+@pytest.mark.parametrize("k,c,h,w", CONV_CASES)
+def test_conv_snf_gradients_equal_dense_toeplitz_formulas(k, c, h, w):
+    rng = np.random.default_rng(5)
+    weight = 0.4
+    layer = make_conv(k, c, h, w, rng, reconstruction_weight=weight)
+    x = rng.standard_normal((3, h, w, c))
+    snf, _ = layer_gradients(layer, x)
+
+    n, d = len(x), h * w * c
+    t_w = conv_matrix(layer.kernel.numpy(), h, w).numpy()
+    t_r = conv_matrix(layer.inverse_kernel.numpy(), h, w).numpy()
+    xf = x.reshape(n, d)
+    hf = xf @ t_w
+    delta = (hf + np.tile(layer.bias.numpy(), h * w)) / n
+    dx = delta @ t_w.T
+    err = hf @ t_r - xf
+    d_tw = 0.5 * (xf.T @ delta - t_r.T) + 2 * weight / n * xf.T @ (err @ t_r.T)
+    d_tr = 0.5 * (-hf.T @ dx + t_w.T) + 2 * weight / n * hf.T @ err
+    shape = layer.kernel.shape
+    np.testing.assert_allclose(snf["kernel"], project_to_kernel(d_tw, shape, h, w),
+                               rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(snf["inverse_kernel"], project_to_kernel(d_tr, shape, h, w),
+                               rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(snf["bias"], delta.reshape(n, h, w, c).sum((0, 1, 2)), rtol=1e-10)
+    np.testing.assert_allclose(snf["x"], dx.reshape(x.shape), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", ["self_normalized", "exact"])
+@pytest.mark.parametrize("k,c,h,w", [(1, 3, 3, 4), (3, 2, 4, 4), (5, 1, 5, 6)])
+def test_conv_exact_log_det_equals_slogdet_of_autodiff_jacobian(k, c, h, w, gradient):
+    rng = np.random.default_rng(6)
+    layer = make_conv(k, c, h, w, rng, gradient=gradient)
+    x = tf.constant(rng.standard_normal((2, h, w, c)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, log_det = layer.forward(x, exact=True)
+        z = tf.reshape(z, [2, -1])
+    jac = tape.batch_jacobian(z, x).numpy().reshape(2, h * w * c, h * w * c)
+    np.testing.assert_allclose(log_det, np.linalg.slogdet(jac)[1], rtol=1e-9, atol=1e-10)
+
+
+def test_conv_toeplitz_log_det_equals_one_by_one_shortcut():
+    from snf_tf.ops import toeplitz
+    rng = np.random.default_rng(7)
+    layer = make_conv(1, 3, 4, 5, rng)
+    positions, taps = toeplitz.toeplitz_indices(4, 5, 3, 1)
+    via_toeplitz = toeplitz.conv_log_abs_det(layer.kernel, positions, taps, 60)
+    np.testing.assert_allclose(layer.exact_log_abs_det(), via_toeplitz, rtol=1e-12)
+    np.testing.assert_allclose(layer.exact_log_abs_det(),
+                               20 * np.linalg.slogdet(layer.kernel.numpy()[0, 0])[1], rtol=1e-12)
+
+
+def test_dense_exact_log_det_equals_slogdet_and_snf_value_is_zero():
+    rng = np.random.default_rng(8)
+    layer = make_dense(5, rng)
+    x = rng.standard_normal((3, 5))
+    _, cheap = layer.forward(x)
+    _, exact = layer.forward(x, exact=True)
+    np.testing.assert_array_equal(cheap, np.zeros(3))
+    np.testing.assert_allclose(exact, np.full(3, np.linalg.slogdet(layer.kernel.numpy())[1]),
+                               rtol=1e-12)
+
+
+# -- 3. exact-gradient baseline ------------------------------------------------------------------
+def test_dense_exact_mode_gradients_equal_plain_autodiff():
+    rng = np.random.default_rng(9)
+    layer = make_dense(6, rng, gradient="exact")
+    assert not hasattr(layer, "inverse_kernel")
+    x = rng.standard_normal((5, 6))
+    got, _ = layer_gradients(layer, x)
+    kernel, bias = tf.Variable(layer.kernel.numpy()), tf.Variable(layer.bias.numpy())
+    with tf.GradientTape() as tape:
+        loss = neg_log_likelihood(x @ kernel + bias, tf.linalg.slogdet(kernel)[1] * tf.ones(5, tf.float64))
+    d_kernel, d_bias = tape.gradient(loss, [kernel, bias])
+    np.testing.assert_allclose(got["kernel"], d_kernel, rtol=1e-10)
+    np.testing.assert_allclose(got["bias"], d_bias, rtol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_exact_mode_gradients_equal_plain_autodiff(k):
+    rng = np.random.default_rng(10)
+    c, h, w = 2, 4, 3
+    layer = make_conv(k, c, h, w, rng, gradient="exact")
+    x = rng.standard_normal((3, h, w, c))
+    got, _ = layer_gradients(layer, x)
+    kernel, bias = tf.Variable(layer.kernel.numpy()), tf.Variable(layer.bias.numpy())
+    with tf.GradientTape() as tape:
+        z = tf.nn.conv2d(x, kernel, strides=1, padding="SAME") + bias
+        log_det = tf.linalg.slogdet(conv_matrix(kernel, h, w))[1] * tf.ones(3, tf.float64)
+        loss = neg_log_likelihood(z, log_det)
+    d_kernel, d_bias = tape.gradient(loss, [kernel, bias])
+    np.testing.assert_allclose(got["kernel"], d_kernel, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got["bias"], d_bias, rtol=1e-10)
+
+
+# -- 4. relative gradient ------------------------------------------------------------------------
+def test_relative_gradient_is_euclidean_gradient_times_wtw():
+    rng = np.random.default_rng(11)
+    layer = make_dense(5, rng, gradient="relative")
+    x = rng.standard_normal((8, 5))
+    got, _ = layer_gradients(layer, x)
+    kernel, bias = tf.Variable(layer.kernel.numpy()), tf.Variable(layer.bias.numpy())
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        loss = neg_log_likelihood(xt @ kernel + bias,
+                                  tf.linalg.slogdet(kernel)[1] * tf.ones(8, tf.float64))
+    d_kernel, d_bias, d_x = tape.gradient(loss, [kernel, bias, xt])
+    W = layer.kernel.numpy().T
+    euclidean_w = d_kernel.numpy().T                    # ∂L/∂W in z = W x + b
+    np.testing.assert_allclose(got["kernel"].numpy().T, euclidean_w @ W.T @ W, rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(got["bias"], d_bias, rtol=1e-10)
+    np.testing.assert_allclose(got["x"], d_x, rtol=1e-10)
+
+
+# -- 5. inverses -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("build", [
+    lambda: (SelfNormDense(), (16, 12)),
+    lambda: (SelfNormDense(gradient="relative"), (16, 12)),
+    lambda: (SelfNormConv2D(1), (4, 6, 6, 3)),
+    lambda: (SelfNormConv2D(3), (4, 6, 5, 2)),
+    lambda: (SelfNormConv2D(5, gradient="exact"), (2, 5, 5, 2)),
+])
+def test_exact_inverse_round_trip_float32(build):
+    layer, shape = build()
+    x = tf.random.normal(shape)
+    layer.build(shape)
+    layer.kernel.assign(layer.kernel + 0.1 * tf.random.normal(layer.kernel.shape))
+    z, _ = layer.forward(x)
+    np.testing.assert_allclose(layer.inverse(z, exact=True), x, atol=1e-5)
+
+
+def test_learned_inverse_applies_r():
+    rng = np.random.default_rng(12)
+    dense = make_dense(4, rng, inverse="perturbed")
+    z = rng.standard_normal((3, 4))
+    np.testing.assert_allclose(dense.inverse(z), (z - dense.bias.numpy()) @ dense.inverse_kernel.numpy(),
+                               rtol=1e-12)
+    conv = make_conv(3, 2, 4, 4, rng)
+    z = rng.standard_normal((2, 4, 4, 2))
+    t_r = conv_matrix(conv.inverse_kernel.numpy(), 4, 4).numpy()
+    expected = ((z - conv.bias.numpy()).reshape(2, -1) @ t_r).reshape(z.shape)
+    np.testing.assert_allclose(conv.inverse(z), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (SelfNormDense(), (64, 8)), (SelfNormConv2D(3), (16, 6, 6, 2)), (SelfNormConv2D(1), (16, 4, 4, 3)),
+])
+def test_reconstruction_training_shrinks_inverse_error_tenfold(layer, shape):
+    layer.build(shape)
+    layer.kernel.assign(layer.kernel + 0.2 * tf.random.normal(layer.kernel.shape))
+    layer.inverse_kernel.assign(layer.inverse_kernel + 0.2 * tf.random.normal(layer.kernel.shape))
+    before = float(layer.inverse_error())
+    optimizer = keras.optimizers.Adam(1e-2)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = layer.reconstruction_loss(x)
+        weights = [layer.kernel, layer.inverse_kernel]
+        optimizer.apply(tape.gradient(loss, weights), weights)
+
+    for _ in range(300):
+        step(tf.random.normal(shape))
+    after = float(layer.inverse_error())
+    assert after < before / 10, (before, after)
+
+
+def test_inverse_error_is_frobenius_norm_of_rw_minus_identity():
+    rng = np.random.default_rng(13)
+    conv = make_conv(3, 2, 3, 4, rng)
+    t_w = conv_matrix(conv.kernel.numpy(), 3, 4).numpy()
+    t_r = conv_matrix(conv.inverse_kernel.numpy(), 3, 4).numpy()
+    np.testing.assert_allclose(conv.inverse_error(), np.linalg.norm(t_w @ t_r - np.eye(24)),
+                               rtol=1e-10)
+    one = make_conv(1, 3, 3, 4, rng)
+    t_w = conv_matrix(one.kernel.numpy(), 3, 4).numpy()
+    t_r = conv_matrix(one.inverse_kernel.numpy(), 3, 4).numpy()
+    np.testing.assert_allclose(one.inverse_error(), np.linalg.norm(t_w @ t_r - np.eye(36)),
+                               rtol=1e-10)
