@@ -372,3 +372,174 @@ def test_inverse_error_is_frobenius_norm_of_rw_minus_identity():
     t_r = conv_matrix(one.inverse_kernel.numpy(), 3, 4).numpy()
     np.testing.assert_allclose(one.inverse_error(), np.linalg.norm(t_w @ t_r - np.eye(36)),
                                rtol=1e-10)
+
+
+# -- 6. Keras behaviour: every weight trains, config / .keras round trips, fit with and without XLA --
+ALL_MODES = [
+    ("dense-snf", lambda: SelfNormDense(), (6, 5)),
+    ("dense-exact", lambda: SelfNormDense(gradient="exact"), (6, 5)),
+    ("dense-relative", lambda: SelfNormDense(gradient="relative"), (6, 5)),
+    ("conv1-snf", lambda: SelfNormConv2D(1), (3, 4, 4, 3)),
+    ("conv3-snf", lambda: SelfNormConv2D(3, reconstruction="symmetric"), (3, 5, 4, 2)),
+    ("conv5-exact", lambda: SelfNormConv2D(5, gradient="exact"), (3, 5, 5, 2)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", ALL_MODES, ids=[m[0] for m in ALL_MODES])
+def test_every_trainable_weight_gets_a_finite_nonzero_gradient(name, make, shape):
+    layer = make()
+    x = tf.random.normal(shape)
+    layer.build(shape)
+    if layer.learns_inverse:  # move R off W⁻¹ so the reconstruction term is active too
+        layer.inverse_kernel.assign(layer.inverse_kernel + 0.05 * tf.random.normal(shape=layer.inverse_kernel.shape))
+    grads, _ = layer_gradients(layer, x)
+    expected = {"kernel", "bias"} | ({"inverse_kernel"} if layer.learns_inverse else set())
+    assert {w.name for w in layer.trainable_weights} == expected
+    for w in layer.trainable_weights:
+        g = grads[w.name].numpy()
+        assert np.all(np.isfinite(g)) and np.any(g != 0), w.name
+
+
+@pytest.mark.parametrize("name,make,shape", ALL_MODES, ids=[m[0] for m in ALL_MODES])
+def test_config_and_keras_file_round_trips_give_identical_outputs(name, make, shape, tmp_path):
+    layer = make()
+    x = tf.random.normal(shape)
+    z, log_det = layer.forward(x, exact=True)
+    clone = type(layer).from_config(layer.get_config())
+    clone.build(shape)
+    clone.set_weights(layer.get_weights())
+    z2, log_det2 = clone.forward(x, exact=True)
+    np.testing.assert_array_equal(z, z2)
+    np.testing.assert_allclose(log_det, log_det2, rtol=1e-6)
+
+    model = keras.Sequential([keras.Input(shape[1:]), layer])
+    path = str(tmp_path / "layer.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path).layers[0]
+    assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
+    z3, log_det3 = loaded.forward(x, exact=True)
+    np.testing.assert_array_equal(z, z3)
+    np.testing.assert_array_equal(log_det, log_det3)  # the cache travels with the weights
+    np.testing.assert_allclose(loaded.inverse(z), layer.inverse(z), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,make,shape", ALL_MODES, ids=[m[0] for m in ALL_MODES])
+def test_outputs_do_not_depend_on_batch_size(name, make, shape):
+    layer = make()
+    x = tf.random.normal((7,) + shape[1:])
+    z, log_det = layer.forward(x, exact=True)
+    z1, log_det1 = layer.forward(x[:1], exact=True)
+    np.testing.assert_allclose(z[:1], z1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_det[:1], log_det1, rtol=1e-6)
+
+
+class TinyFlow(keras.Model):
+    """Smallest Keras model over flow layers: NLL under N(0, I) + registered reconstruction."""
+
+    def __init__(self, flow_layers, **kwargs):
+        super().__init__(**kwargs)
+        self.flow_layers = flow_layers
+
+    def call(self, x, training=False):
+        log_det = tf.zeros(tf.shape(x)[:1])
+        for layer in self.flow_layers:
+            x, ld = layer.forward(x, training=training)
+            log_det = log_det + ld
+        return x, log_det
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        z, log_det = y_pred
+        return neg_log_likelihood(z, log_det) + tf.add_n([tf.zeros([])] + self.losses)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_model_fit_trains_a_tiny_flow(kind, jit_compile):
+    if kind == "dense":
+        layers, data = [SelfNormDense(), SelfNormDense()], np.random.default_rng(0).normal(
+            size=(64, 6)).astype("float32") * 3
+    else:
+        layers, data = [SelfNormConv2D(3), SelfNormConv2D(1)], np.random.default_rng(0).normal(
+            size=(64, 4, 4, 2)).astype("float32") * 3
+    model = TinyFlow(layers)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile)
+    exact_before = _exact_nll(layers, data)
+    history = model.fit(data, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert len(model.losses) == 2  # one fused reconstruction loss per SNF layer
+    assert _exact_nll(layers, data) < exact_before
+
+
+def _exact_nll(layers, x):
+    log_det = 0.0
+    for layer in layers:
+        x, ld = layer.forward(x, exact=True)
+        log_det = log_det + ld
+    return float(neg_log_likelihood(x, log_det))
+
+
+# -- exact log-det cache ------------------------------------------------------------------------
+def test_cache_is_refreshed_eagerly_and_never_stale_in_graphs():
+    layer = SelfNormDense()
+    x = tf.random.normal((4, 5))
+    layer.build(x.shape)
+    layer.kernel.assign(layer.kernel + 0.3 * tf.random.normal((5, 5)))
+    truth = lambda: np.linalg.slogdet(layer.kernel.numpy())[1]  # noqa: E731
+    np.testing.assert_allclose(layer.forward(x, exact=True)[1], np.full(4, truth()), rtol=1e-5)
+    np.testing.assert_allclose(layer.log_det_cache.numpy(), truth(), rtol=1e-5)  # stored
+
+    graph = tf.function(lambda x: layer.forward(x, exact=True)[1])
+    xla = tf.function(lambda x: layer.forward(x, exact=True)[1], jit_compile=True)
+    np.testing.assert_allclose(xla(x), np.full(4, truth()), rtol=1e-5)  # fresh cache under XLA
+    layer.kernel.assign(layer.kernel * 1.1)                              # cache now stale
+    np.testing.assert_allclose(graph(x), np.full(4, truth()), rtol=1e-5)  # graph: computed live
+    assert np.all(np.isnan(xla(x)))                                      # XLA: NaN, never stale
+    layer.refresh_log_det()
+    np.testing.assert_allclose(xla(x), np.full(4, truth()), rtol=1e-5)
+
+
+def test_exact_flag_changes_values_not_gradients():
+    rng = np.random.default_rng(14)
+    layer = make_dense(4, rng, inverse="perturbed")
+    x = rng.standard_normal((3, 4))
+    cheap, _ = layer_gradients(layer, x, exact=False)
+    exact, _ = layer_gradients(layer, x, exact=True)
+    for name in cheap:
+        np.testing.assert_allclose(cheap[name], exact[name], rtol=1e-12)
+
+
+# -- clear errors -------------------------------------------------------------------------------
+BAD_INPUT = [
+    ("non-square dense", lambda: SelfNormDense(units=3).build((None, 4)), "square"),
+    ("dense wrong rank", lambda: SelfNormDense().forward(tf.zeros((2, 3, 4))), "rank 2"),
+    ("dense feature mismatch", lambda: _built(SelfNormDense(), (None, 4)).forward(tf.zeros((2, 5))),
+     "D = 4"),
+    ("integer input", lambda: SelfNormDense().forward(tf.zeros((2, 3), tf.int32)), "floating-point"),
+    ("even kernel", lambda: SelfNormConv2D(2), "odd"),
+    ("non-square kernel", lambda: SelfNormConv2D((3, 5)), "square"),
+    ("valid padding", lambda: SelfNormConv2D(3, padding="valid"), "padding"),
+    ("stride 2", lambda: SelfNormConv2D(3, strides=2), "strides"),
+    ("conv wrong rank", lambda: SelfNormConv2D(3).forward(tf.zeros((2, 4, 4))), "rank 4"),
+    ("channel mismatch", lambda: _built(SelfNormConv2D(3), (None, 4, 4, 2)).forward(
+        tf.zeros((1, 4, 4, 3))), "channels"),
+    ("spatial mismatch", lambda: _built(SelfNormConv2D(3), (None, 4, 4, 2)).forward(
+        tf.zeros((1, 5, 4, 2))), "spatial"),
+    ("unknown gradient", lambda: SelfNormDense(gradient="approx"), "gradient"),
+    ("relative conv", lambda: SelfNormConv2D(3, gradient="relative"), "gradient"),
+    ("negative lambda", lambda: SelfNormDense(reconstruction_weight=-1), "reconstruction_weight"),
+    ("unknown reconstruction", lambda: SelfNormDense(reconstruction="both"), "reconstruction"),
+    ("unknown spatial size", lambda: SelfNormConv2D(3).build((None, None, None, 2)), "known H, W, C"),
+    ("inverse error without R", lambda: _built(SelfNormDense(gradient="exact"), (None, 3)).inverse_error(),
+     "learned inverse"),
+]
+
+
+def _built(layer, shape):
+    layer.build(shape)
+    return layer
+
+
+@pytest.mark.parametrize("name,action,message", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_raises_a_clear_value_error(name, action, message):
+    with pytest.raises(ValueError, match=message):
+        action()

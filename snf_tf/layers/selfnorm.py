@@ -53,6 +53,11 @@ class _SelfNormLayer(FlowLayer):
         """True when the layer trains a learned inverse ``inverse_kernel`` (SNF mode)."""
         return self.gradient == "self_normalized"
 
+    def _require_learned_inverse(self, what):
+        if not self.learns_inverse:
+            raise ValueError(f"{self.name}: {what} needs a learned inverse, which only "
+                             f"gradient='self_normalized' has (this layer: {self.gradient!r}).")
+
     @property
     def uses_reconstruction(self):
         return self.learns_inverse and self.initial_reconstruction_weight > 0
@@ -203,6 +208,7 @@ class SelfNormDense(_SelfNormLayer):
         ∂L/∂W = ½(δ xᵀ − Rᵀ) + ∂_W rec,\quad ∂L/∂R = ½(−δ_x (Wx)ᵀ + Wᵀ) + ∂_R rec.
 
     Args:
+        units: optional; if given it must equal the input dimension D (the layer is square).
         gradient: ``"self_normalized"`` (default), ``"exact"`` (autodiff through ``slogdet(W)``,
             the paper's exact-gradient baseline) or ``"relative"`` (Gresele et al., NeurIPS 2020:
             Euclidean gradient right-multiplied by ``WᵀW``). Only the SNF mode has ``inverse_kernel``.
@@ -216,6 +222,15 @@ class SelfNormDense(_SelfNormLayer):
     input_rank = 2
     _gradients = ("self_normalized", "exact", "relative")
 
+    def __init__(self, units=None, gradient="self_normalized", reconstruction_weight=1.0,
+                 reconstruction="default", **kwargs):
+        super().__init__(gradient=gradient, reconstruction_weight=reconstruction_weight,
+                         reconstruction=reconstruction, **kwargs)
+        if units is not None and (isinstance(units, bool) or not isinstance(units, (int, np.integer))
+                                  or units < 1):
+            raise ValueError(f"SelfNormDense: units must be a positive int or None, got {units!r}.")
+        self.units = None if units is None else int(units)
+
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(
@@ -223,6 +238,11 @@ class SelfNormDense(_SelfNormLayer):
                 f"got {tuple(input_shape)}."
             )
         dim = int(input_shape[-1])
+        if self.units is not None and self.units != dim:
+            raise ValueError(
+                f"{self.name}: a flow layer must be square, but units={self.units} and the input "
+                f"has D={dim} features. Omit units (it is taken from the input) or make them equal."
+            )
         self.units = dim
         self.kernel = self.add_weight(name="kernel", shape=(dim, dim),
                                       initializer=keras.initializers.Identity())
@@ -261,8 +281,14 @@ class SelfNormDense(_SelfNormLayer):
     def _exact_solve(self, y, kernel):
         return tf.transpose(tf.linalg.solve(kernel, tf.transpose(y), adjoint=True))
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units)
+        return config
+
     def inverse_error(self):
         """Frobenius norm ‖R W − I‖ of the learned inverse (0 when R = W⁻¹)."""
+        self._require_learned_inverse("inverse_error")
         product = tf.matmul(tf.convert_to_tensor(self.kernel),
                             tf.convert_to_tensor(self.inverse_kernel))
         return tf.norm(product - tf.eye(self.units, dtype=product.dtype))
@@ -418,6 +444,7 @@ class SelfNormConv2D(_SelfNormLayer):
 
     def inverse_error(self):
         """Frobenius norm ‖T(R) T(W) − I‖ of the learned inverse (1×1: H·W-weighted C×C form)."""
+        self._require_learned_inverse("inverse_error")
         kernel = tf.convert_to_tensor(self.kernel)
         inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
         if self.kernel_size == 1:
