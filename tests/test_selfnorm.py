@@ -543,3 +543,25 @@ def _built(layer, shape):
 def test_bad_input_raises_a_clear_value_error(name, action, message):
     with pytest.raises(ValueError, match=message):
         action()
+
+
+# -- initialisation (reference code, PAPER.md §6) -----------------------------------------------
+def test_paper_initialisation():
+    dense = _built(SelfNormDense(), (None, 784))
+    np.testing.assert_array_equal(dense.kernel.numpy(), np.eye(784))
+    np.testing.assert_array_equal(dense.inverse_kernel.numpy(), np.eye(784))
+    assert 0.03 < dense.bias.numpy().std() < 0.042  # N(0, std(I)²), std(I_784) ≈ 0.0357
+
+    conv = _built(SelfNormConv2D(3), (None, 28, 28, 16))
+    kernel = conv.kernel.numpy()
+    dirac = np.zeros_like(kernel)
+    dirac[1, 1] = np.eye(16)
+    noise_std = 0.01 / np.sqrt(16 * 9)  # Xavier normal, gain 0.01, fan_in = fan_out = C·k²
+    assert 0.9 * noise_std < (kernel - dirac).std() < 1.1 * noise_std
+    np.testing.assert_array_equal(conv.inverse_kernel.numpy(),
+                                  np.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+
+    one = _built(SelfNormConv2D(1), (None, 8, 8, 12))
+    w = one.kernel.numpy()[0, 0]
+    np.testing.assert_allclose(w @ w.T, np.eye(12), atol=1e-5)
+    np.testing.assert_array_equal(one.inverse_kernel.numpy()[0, 0], w.T)
