@@ -1,0 +1,166 @@
+"""One table of every flow layer in snf_tf, each run through the same checks (FlowJAX/zuko style).
+
+A new layer joins with one ``Case`` line. ``test_every_flow_layer_is_in_the_table`` fails when a
+layer exported by ``snf_tf.layers`` is missing here.
+"""
+
+import dataclasses
+from typing import Callable
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import snf_tf.layers as L
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    make: Callable[[], L.FlowLayer]      # a fresh, unbuilt layer (float64 unless stated)
+    shape: tuple                         # input shape without the batch axis
+    sample: Callable = None              # rng, batch -> float64 inputs; default standard normal
+    inverse_atol: float = 1e-8           # tolerance of inverse(forward(x), exact=True)
+    zero_cheap_log_det: bool = False     # SNF layers: exact=False log-det is 0 in value
+    perturb: float = 0.0                 # add noise to weights first (e.g. zero-initialised convs)
+    square_jacobian: bool = True         # False for layers that drop dimensions (SplitPrior)
+
+
+def _normal(rng, batch, shape):
+    return rng.standard_normal((batch,) + shape)
+
+
+CASES = [
+    Case("SelfNormDense", lambda: L.SelfNormDense(dtype="float64"), (6,), zero_cheap_log_det=True),
+    Case("SelfNormDense-exact", lambda: L.SelfNormDense(gradient="exact", dtype="float64"), (6,)),
+    Case("SelfNormDense-relative", lambda: L.SelfNormDense(gradient="relative", dtype="float64"),
+         (6,), zero_cheap_log_det=True),
+    Case("SelfNormConv2D-1x1", lambda: L.SelfNormConv2D(1, dtype="float64"), (3, 4, 3),
+         zero_cheap_log_det=True),
+    Case("SelfNormConv2D-3x3", lambda: L.SelfNormConv2D(3, dtype="float64"), (4, 4, 2),
+         zero_cheap_log_det=True),
+    Case("SelfNormConv2D-5x5-exact", lambda: L.SelfNormConv2D(5, gradient="exact", dtype="float64"),
+         (5, 4, 2)),
+]
+IDS = [c.name for c in CASES]
+
+
+def _inputs(case, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return (case.sample or (lambda r, b: _normal(r, b, case.shape)))(rng, batch)
+
+
+def _built(case, batch=4):
+    """A layer built, initialised by one training-mode forward, and optionally perturbed."""
+    layer = case.make()
+    x = _inputs(case, batch)
+    layer.forward(x, training=True)
+    if case.perturb:
+        rng = np.random.default_rng(99)
+        for w in layer.trainable_weights:
+            w.assign(w.numpy() + case.perturb * rng.standard_normal(w.shape))
+    if hasattr(layer, "inverse_kernel") and hasattr(layer, "kernel"):
+        # keep R a little away from W⁻¹ so the reconstruction term is active
+        rng = np.random.default_rng(98)
+        layer.inverse_kernel.assign(layer.inverse_kernel.numpy()
+                                    + 0.01 * rng.standard_normal(layer.inverse_kernel.shape))
+    return layer
+
+
+def _nll(z, log_det):
+    z = tf.reshape(z, [tf.shape(z)[0], -1])
+    d = tf.cast(tf.shape(z)[1], z.dtype)
+    return -tf.reduce_mean(-0.5 * tf.reduce_sum(z * z, -1) - 0.5 * d * np.log(2 * np.pi) + log_det)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_round_trip(case):
+    layer = _built(case)
+    x = _inputs(case, 5, seed=1)
+    z, _ = layer.forward(x)
+    np.testing.assert_allclose(layer.inverse(z, exact=True), x, atol=case.inverse_atol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_log_det_equals_slogdet_of_autodiff_jacobian(case):
+    if not case.square_jacobian:
+        pytest.skip("drops dimensions: its log-density term is checked in its own test file")
+    layer = _built(case)
+    x = tf.constant(_inputs(case, 3, seed=2))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, log_det = layer.forward(x, exact=True)
+        z = tf.reshape(z, [3, -1])
+    jac = tape.batch_jacobian(z, x).numpy().reshape(3, z.shape[1], -1)
+    np.testing.assert_allclose(log_det, np.linalg.slogdet(jac)[1], rtol=1e-7, atol=1e-7)
+    _, cheap = layer.forward(x, exact=False)
+    if case.zero_cheap_log_det:
+        np.testing.assert_array_equal(cheap, np.zeros(3))
+    else:
+        np.testing.assert_allclose(cheap, log_det, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_every_trainable_weight_gets_a_gradient(case):
+    layer = _built(case)
+    x = tf.constant(_inputs(case, 4, seed=3))
+    with tf.GradientTape() as tape:
+        z, log_det = layer.forward(x, training=True)
+        loss = _nll(z, log_det) + tf.add_n([tf.zeros([], tf.float64)] + layer.losses)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    for w, g in zip(layer.trainable_weights, grads):
+        assert g is not None, f"{w.path} gets no gradient"
+        g = tf.convert_to_tensor(g).numpy()
+        assert np.all(np.isfinite(g)) and np.any(g != 0), f"{w.path}: {g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_config_and_keras_file_round_trip(case, tmp_path):
+    layer = _built(case)
+    x = _inputs(case, 3, seed=4)
+    z, log_det = layer.forward(x, exact=True)
+    clone = type(layer).from_config(layer.get_config())
+    clone.forward(x)  # builds
+    clone.set_weights(layer.get_weights())
+    z2, log_det2 = clone.forward(x, exact=True)
+    np.testing.assert_allclose(z2, z, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_det2, log_det, rtol=1e-10, atol=1e-10)
+
+    path = str(tmp_path / "layer.keras")
+    keras.Sequential([keras.Input(case.shape, dtype="float64"), layer]).save(path)
+    loaded = keras.models.load_model(path).layers[0]
+    z3, log_det3 = loaded.forward(x, exact=True)
+    np.testing.assert_allclose(z3, z, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_det3, log_det, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_batch_size_independence(case):
+    layer = _built(case)
+    x = _inputs(case, 7, seed=5)
+    z, log_det = layer.forward(x, exact=True)
+    z1, log_det1 = layer.forward(x[:1], exact=True)
+    np.testing.assert_allclose(z1, z[:1], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(log_det1, log_det[:1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_bad_input_raises_value_error(case):
+    layer = _built(case)
+    x = _inputs(case, 2)
+    with pytest.raises(ValueError, match="rank"):
+        layer.forward(x[..., None])
+    with pytest.raises(ValueError, match="floating-point"):
+        layer.forward(x.astype("int32"))
+    wider = np.concatenate([x, x], axis=-1)
+    with pytest.raises(ValueError):
+        layer.forward(wider)
+
+
+def test_every_flow_layer_is_in_the_table():
+    exported = {name for name in L.__all__
+                if isinstance(getattr(L, name), type) and issubclass(getattr(L, name), L.FlowLayer)
+                and getattr(L, name) is not L.FlowLayer}
+    covered = {type(case.make()).__name__ for case in CASES}
+    assert exported <= covered, f"flow layers missing from the table: {sorted(exported - covered)}"
