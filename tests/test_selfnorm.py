@@ -524,6 +524,7 @@ BAD_INPUT = [
         tf.zeros((1, 4, 4, 3))), "channels"),
     ("spatial mismatch", lambda: _built(SelfNormConv2D(3), (None, 4, 4, 2)).forward(
         tf.zeros((1, 5, 4, 2))), "spatial"),
+    ("mixed precision", lambda: SelfNormConv2D(3, dtype="mixed_float16"), "mixed precision"),
     ("unknown gradient", lambda: SelfNormDense(gradient="approx"), "gradient"),
     ("relative conv", lambda: SelfNormConv2D(3, gradient="relative"), "gradient"),
     ("negative lambda", lambda: SelfNormDense(reconstruction_weight=-1), "reconstruction_weight"),

@@ -30,6 +30,12 @@ class _SelfNormLayer(FlowLayer):
     def __init__(self, gradient="self_normalized", reconstruction_weight=1.0,
                  reconstruction="default", **kwargs):
         super().__init__(**kwargs)
+        policy = self.dtype_policy
+        if policy.compute_dtype != policy.variable_dtype:
+            raise ValueError(
+                f"{type(self).__name__}: mixed precision ({policy.name}) is not supported: slogdet and "
+                "the learned inverse need the weights' precision. Use float32 or float64."
+            )
         if gradient not in self._gradients:
             raise ValueError(
                 f"{type(self).__name__}: gradient must be one of {self._gradients}, got {gradient!r}."
