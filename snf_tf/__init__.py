@@ -2,7 +2,8 @@
 
 from snf_tf import layers, ops
 from snf_tf.layers import FlowLayer, SelfNormConv2D, SelfNormDense
+from snf_tf.model import FlowModel
 
 __version__ = "0.1.0"
 
-__all__ = ["FlowLayer", "SelfNormConv2D", "SelfNormDense", "layers", "ops", "__version__"]
+__all__ = ["FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense", "layers", "ops", "__version__"]

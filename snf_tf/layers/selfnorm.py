@@ -51,6 +51,9 @@ class _SelfNormLayer(FlowLayer):
                 f"got {reconstruction!r}."
             )
         self.gradient = gradient
+        # Exact baselines need slogdet (no XLA kernel) in every training step: Keras then turns
+        # jit_compile off for any model containing them.
+        self.supports_jit = gradient != "exact"
         self.initial_reconstruction_weight = weight
         self.reconstruction = reconstruction
 

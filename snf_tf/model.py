@@ -1,0 +1,226 @@
+"""FlowModel: a Keras model over a stack of flow layers, with exact evaluation and sampling.
+
+Keller et al., ICML 2021, §3-§5: train with the cheap self-normalized objective, report the exact
+likelihood. ``log p(x) = log N(z; 0, I) + Σ_k log|det J_k|`` with ``z`` the output of the last layer;
+layers that factor dimensions out (``SplitPrior``) add their own log-density terms to their log-det.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from snf_tf.layers.base import FlowLayer
+
+__all__ = ["FlowModel"]
+
+_LN2 = math.log(2.0)
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class FlowModel(keras.Model):
+    """A normalizing flow ``x → z`` from a list of flow layers and a standard-normal base.
+
+    - ``fit``: minimises the batch-mean NLL of the cheap path (``exact=False``: SNF layers give the
+      self-normalized gradient) plus every layer's λ·reconstruction loss; logs ``loss``, ``nll`` and
+      ``recon`` (``nll`` is *not* the true NLL for SNF models: their log-det values are 0 in training).
+    - ``evaluate`` (and ``fit(validation_data=...)``): the exact NLL in nats (``nll``) and bits/dim
+      (``bpd``), with every layer's cached exact log-det refreshed first (outside XLA).
+    - ``log_prob(x, exact=True)``, ``sample(n, ...)``, ``reconstruct(x)``, ``inverse_errors()``.
+
+    Args:
+        flow_layers: the flow layers, data side first (preprocessing layers included, so their
+            log-dets count in the likelihood).
+    """
+
+    def __init__(self, flow_layers, **kwargs):
+        super().__init__(**kwargs)
+        flow_layers = list(flow_layers)
+        if not flow_layers:
+            raise ValueError("FlowModel needs at least one flow layer.")
+        for layer in flow_layers:
+            if not isinstance(layer, FlowLayer):
+                raise ValueError(
+                    f"FlowModel: {layer!r} is not a snf_tf flow layer (it has no forward/inverse "
+                    "with a log-det); wrap plain Keras layers in a flow layer."
+                )
+        self.flow_layers = flow_layers
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.nll_tracker = keras.metrics.Mean(name="nll")
+        self.recon_tracker = keras.metrics.Mean(name="recon")
+        self.bpd_tracker = keras.metrics.Mean(name="bpd")
+
+    # -- the flow ----------------------------------------------------------------------------
+    def forward(self, x, exact=False, training=False):
+        """``(z, Σ log-det)`` of the whole stack; ``log_det`` has shape [batch]."""
+        x = self._check_data(x)
+        log_det = tf.zeros(tf.shape(x)[:1], dtype=self.compute_dtype)
+        for layer in self.flow_layers:
+            x, layer_log_det = layer.forward(x, exact=exact, training=training)
+            log_det = log_det + layer_log_det
+        return x, log_det
+
+    def inverse(self, z, exact=False, temperature=1.0, seed=None):
+        """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``)."""
+        for layer in reversed(self.flow_layers):
+            if getattr(layer, "samples_on_inverse", False):
+                z = layer.inverse(z, exact=exact, temperature=temperature, seed=seed)
+            else:
+                z = layer.inverse(z, exact=exact)
+        return z
+
+    def _check_data(self, x):
+        if not tf.is_tensor(x):
+            x = tf.convert_to_tensor(x)
+        if x.shape.rank is None or x.shape.rank < 2:
+            raise ValueError(f"FlowModel: inputs need a batch axis, got shape {x.shape}.")
+        if not self.built:
+            self.build(tuple(x.shape))
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(
+                f"FlowModel: inputs have shape {tuple(x.shape[1:])} per example but the model was "
+                f"built for {self.data_shape}."
+            )
+        if not (x.dtype.is_floating or x.dtype.is_integer):
+            raise ValueError(f"FlowModel: inputs must be numbers, got dtype {x.dtype.name}.")
+        return tf.cast(x, self.compute_dtype)
+
+    def build(self, input_shape):
+        self._build_from_shape(tuple(input_shape))
+
+    def _build_from_shape(self, input_shape):
+        if any(d is None for d in input_shape[1:]):
+            raise ValueError(f"FlowModel: the per-example shape must be known, got {input_shape}.")
+        self.data_shape = tuple(int(d) for d in input_shape[1:])
+        shape = (None,) + self.data_shape
+        for layer in self.flow_layers:
+            if not layer.built:
+                layer.build(shape)
+            shape = tuple(layer.compute_output_shape(shape))
+        self.latent_shape = tuple(int(d) for d in shape[1:])
+        self.built = True
+
+    @property
+    def data_dimension(self):
+        return int(np.prod(self.data_shape))
+
+    def base_log_prob(self, z):
+        """``log N(z; 0, I)`` summed over all non-batch dims."""
+        normal = tfp.distributions.Normal(tf.zeros([], z.dtype), tf.ones([], z.dtype))
+        return tf.reduce_sum(tf.reshape(normal.log_prob(z), [tf.shape(z)[0], -1]), axis=-1)
+
+    def log_prob(self, x, exact=True, training=False):
+        """Per-example ``log p(x)`` in nats on the data scale (exact by default)."""
+        z, log_det = self.forward(x, exact=exact, training=training)
+        return self.base_log_prob(z) + log_det
+
+    def call(self, inputs, training=False):
+        """Per-example log-likelihood: the cheap path when training, the exact one otherwise."""
+        return self.log_prob(inputs, exact=not training, training=training)
+
+    def bits_per_dim(self, nats):
+        """Convert an NLL in nats per example to bits per dimension."""
+        return nats / (self.data_dimension * _LN2)
+
+    # -- exact log-det caches ----------------------------------------------------------------
+    def refresh_log_dets(self):
+        """Recompute every layer's cached exact log|det| (outside XLA)."""
+        for layer in self.flow_layers:
+            if hasattr(layer, "refresh_log_det") and layer.built:
+                layer.refresh_log_det()
+
+    def _build_from_data(self, x):
+        """Build eagerly from the data's shape: TF traces (and XLA compiles) the first step, and
+        XLA cannot create variables."""
+        if self.built or x is None:
+            return
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+            shape = tuple(spec.shape)
+        elif isinstance(x, (tuple, list)) and x and hasattr(x[0], "shape"):
+            shape = tuple(x[0].shape)
+        elif hasattr(x, "shape"):
+            shape = tuple(x.shape)
+        else:
+            return  # a generator or PyDataset: Keras builds at trace time
+        with self.distribute_strategy.scope():
+            self.build((None,) + shape[1:])
+
+    def fit(self, x=None, *args, **kwargs):
+        self._build_from_data(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._build_from_data(x)
+        self.refresh_log_dets()
+        return super().evaluate(x, *args, **kwargs)
+
+    # -- training / evaluation steps ----------------------------------------------------------
+    @staticmethod
+    def _unpack(data):
+        return data[0] if isinstance(data, (tuple, list)) else data
+
+    def train_step(self, data):
+        x = self._unpack(data)
+        with tf.GradientTape() as tape:
+            log_p = self(x, training=True)
+            nll = -tf.reduce_mean(log_p)
+            recon = tf.add_n([tf.zeros([], nll.dtype)] + [tf.cast(l, nll.dtype) for l in self.losses])
+            loss = nll + recon
+        weights = self.trainable_weights
+        gradients = tape.gradient(loss, weights)
+        self.optimizer.apply(gradients, weights)
+        self.loss_tracker.update_state(loss)
+        self.nll_tracker.update_state(nll)
+        self.recon_tracker.update_state(recon)
+        return {"loss": self.loss_tracker.result(), "nll": self.nll_tracker.result(),
+                "recon": self.recon_tracker.result()}
+
+    def test_step(self, data):
+        x = self._unpack(data)
+        nll = -self.log_prob(x, exact=True)
+        self.nll_tracker.update_state(nll)
+        self.bpd_tracker.update_state(self.bits_per_dim(nll))
+        return {"nll": self.nll_tracker.result(), "bpd": self.bpd_tracker.result()}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.nll_tracker, self.recon_tracker, self.bpd_tracker]
+
+    # -- generation and diagnostics ------------------------------------------------------------
+    def sample(self, n, exact_inverse=False, temperature=1.0, seed=None):
+        """``n`` samples: ``z ~ N(0, T²I)`` pushed through the inverse (learned R by default)."""
+        if not self.built:
+            raise ValueError("FlowModel.sample: build the model first (call it on data once).")
+        if seed is None:
+            z = tf.random.normal((n,) + self.latent_shape, stddev=temperature,
+                                 dtype=self.compute_dtype)
+        else:
+            z = tf.random.stateless_normal((n,) + self.latent_shape, seed=[int(seed), 0],
+                                           stddev=temperature, dtype=self.compute_dtype)
+        return self.inverse(z, exact=exact_inverse, temperature=temperature,
+                            seed=None if seed is None else int(seed) + 1)
+
+    def reconstruct(self, x):
+        """``f⁻¹(f(x))`` with the learned inverses: equals ``x`` where every R is exact."""
+        z, _ = self.forward(x)
+        return self.inverse(z)
+
+    def inverse_errors(self):
+        """``{layer name: ‖RW − I‖_F}`` for every layer with a learned inverse."""
+        return {layer.name: float(layer.inverse_error()) for layer in self.flow_layers
+                if getattr(layer, "learns_inverse", False)}
+
+    def get_config(self):
+        config = super().get_config()
+        config["flow_layers"] = [keras.saving.serialize_keras_object(l) for l in self.flow_layers]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layers = [keras.saving.deserialize_keras_object(l) for l in config.pop("flow_layers")]
+        return cls(layers, **config)
