@@ -86,6 +86,11 @@ class _SelfNormLayer(FlowLayer):
                 self.initial_reconstruction_weight, dtype=dtype, shape=shape),
             trainable=False,
         )
+        # Unweighted reconstruction error of the last training batch (read by the Geco callback).
+        self.last_reconstruction_error = self.add_weight(
+            name="last_reconstruction_error", shape=(), initializer="zeros", trainable=False,
+            aggregation="mean",
+        )
         self.log_det_cache = self.add_weight(
             name="log_det_cache", shape=(), initializer="zeros", trainable=False
         )
@@ -154,7 +159,10 @@ class _SelfNormLayer(FlowLayer):
                 weight = tf.convert_to_tensor(self.reconstruction_weight) if fuse else None
                 z, recon = self._selfnorm_op(x, kernel, bias, inverse_kernel, weight)
                 if training and self.uses_reconstruction:
-                    self._register_reconstruction(recon if fuse else self.reconstruction_loss(x))
+                    recon = recon if fuse else self.reconstruction_loss(x)
+                    self._register_reconstruction(recon)
+                    self.last_reconstruction_error.assign(
+                        tf.stop_gradient(recon) / tf.convert_to_tensor(self.reconstruction_weight))
                 log_det = sn_ops.value_zero(self._log_det_surrogate(kernel, inverse_kernel))
             if exact:
                 log_det = log_det + tf.stop_gradient(self.exact_log_abs_det())

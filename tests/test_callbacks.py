@@ -1,0 +1,118 @@
+"""snf_tf.callbacks: warm-up schedule, GECO, image grids, best-validation testing, NaN stop."""
+
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from snf_tf import FlowModel, SelfNormConv2D, SelfNormDense
+from snf_tf import callbacks as cb
+
+
+def _data(n=64, d=4, seed=0):
+    return (np.random.default_rng(seed).normal(size=(n, d)) * 2).astype("float32")
+
+
+def test_linear_warmup_matches_reference_formula():
+    n_batches, warmup_epochs, lr = 7, 3, 1e-3
+    schedule = cb.LinearWarmup(lr, warmup_epochs * n_batches)
+    for epoch in range(1, 6):
+        for b in range(n_batches):
+            step = (epoch - 1) * n_batches + b
+            reference = lr * ((b + 1) + (epoch - 1) * n_batches) / (warmup_epochs * n_batches) \
+                if epoch <= warmup_epochs else lr
+            np.testing.assert_allclose(float(schedule(step)), reference, rtol=1e-6)
+    assert cb.LinearWarmup.from_config(schedule.get_config()).warmup_steps == 21
+
+
+def test_geco_grows_lambda_by_the_ema_of_reconstruction_errors():
+    layer = SelfNormDense()
+    model = FlowModel([layer])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: seen.append(float(layer.last_reconstruction_error)))
+    geco = cb.Geco(rate=0.5, decay=0.9)
+    model.fit(_data(), batch_size=16, epochs=1, verbose=0, callbacks=[record, geco])
+    ema, log_lambda = None, 0.0
+    for error in seen:
+        ema = error if ema is None else 0.9 * ema + 0.1 * error
+        log_lambda += 0.5 * ema
+    assert len(seen) == 4 and seen[-1] > 0
+    np.testing.assert_allclose(float(layer.reconstruction_weight), math.exp(log_lambda), rtol=1e-5)
+
+
+def test_recorded_reconstruction_error_is_the_unweighted_loss():
+    layer = SelfNormDense(reconstruction_weight=3.0)
+    x = _data(8)
+    layer.build(x.shape)
+    layer.inverse_kernel.assign(layer.inverse_kernel + 0.1)
+    layer.forward(x, training=True)
+    np.testing.assert_allclose(float(layer.last_reconstruction_error),
+                               float(layer.reconstruction_loss(x)) / 3.0, rtol=1e-6)
+
+
+def test_image_grid_layout():
+    images = np.arange(5 * 2 * 3 * 1).reshape(5, 2, 3, 1)
+    grid = cb.image_grid(images, columns=2)
+    assert grid.shape == (6, 6, 1) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[2:4, 3:6], images[3])
+    assert not grid[4:6, 3:6].any()  # the empty cell
+
+
+def test_image_grid_callback_writes_png_and_tensorboard(tmp_path):
+    model = FlowModel([SelfNormConv2D(3)])
+    x = np.random.default_rng(0).uniform(0, 256, (16, 6, 6, 1)).astype("float32")
+    model.compile(optimizer="adam")
+    grid_cb = cb.ImageGrid(str(tmp_path / "img"), n=4, reconstruct=x[:3],
+                           log_dir=str(tmp_path / "tb"))
+    model.fit(x, batch_size=8, epochs=1, verbose=0, callbacks=[grid_cb])
+    assert os.path.getsize(tmp_path / "img" / "samples.png") > 0
+    assert os.path.getsize(tmp_path / "img" / "reconstructions.png") > 0
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_best_validation_test_reports_test_nll_at_best_epoch(tmp_path):
+    x_train, x_val, x_test = _data(64, seed=0), _data(32, seed=1), _data(32, seed=2)
+    model = FlowModel([SelfNormDense(), SelfNormDense()])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    path = str(tmp_path / "best.keras")
+    best = cb.BestValidationTest(x_test, checkpoint_path=path)
+    history = model.fit(x_train, batch_size=16, epochs=3, verbose=0, validation_data=(x_val,),
+                        callbacks=[best]).history
+    best_epoch = int(np.argmin(history["val_nll"]))
+    assert history["best_epoch"][-1] == best_epoch + 1
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.evaluate(x_test, verbose=0, return_dict=True)["nll"],
+                               history["test_nll"][-1], rtol=1e-5)
+    np.testing.assert_allclose(loaded.evaluate(x_val, verbose=0, return_dict=True)["nll"],
+                               history["val_nll"][best_epoch], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_best_checkpoint(tmp_path):
+    x = _data(64)
+    model = FlowModel([SelfNormDense()])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    path = str(tmp_path / "best.keras")
+    model.fit(x, batch_size=16, epochs=1, verbose=0, validation_data=(x,),
+              callbacks=[cb.BestValidationTest(x, checkpoint_path=path)])
+    saved = os.path.getmtime(path)
+    poisoned = x.copy()
+    poisoned[20] = np.nan  # the second batch
+    history = model.fit(poisoned, batch_size=16, epochs=2, verbose=0, validation_data=(x,),
+                        callbacks=[keras.callbacks.TerminateOnNaN(),
+                                   cb.BestValidationTest(x, checkpoint_path=path)]).history
+    assert math.isnan(history["loss"][-1]) and len(history["loss"]) == 1
+    assert os.path.getmtime(path) == saved
+    loaded = keras.models.load_model(path)
+    assert np.all(np.isfinite(loaded.log_prob(x).numpy()))
+
+
+def test_save_atomically_leaves_no_temporary_files(tmp_path):
+    model = FlowModel([SelfNormDense()])
+    model.log_prob(_data(2))
+    cb.save_atomically(model, str(tmp_path / "m.keras"))
+    assert os.listdir(tmp_path) == ["m.keras"]
