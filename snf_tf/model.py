@@ -19,6 +19,14 @@ __all__ = ["FlowModel"]
 _LN2 = math.log(2.0)
 
 
+def _step_logs(logs):
+    """Keras 3 reduces multi-worker step outputs with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on scalars (tensorflow#72388): give them a length-1 axis there."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+    return logs
+
+
 @keras.saving.register_keras_serializable(package="snf_tf")
 class FlowModel(keras.Model):
     """A normalizing flow ``x → z`` from a list of flow layers and a standard-normal base.
@@ -55,12 +63,22 @@ class FlowModel(keras.Model):
     # -- the flow ----------------------------------------------------------------------------
     def forward(self, x, exact=False, training=False):
         """``(z, Σ log-det)`` of the whole stack; ``log_det`` has shape [batch]."""
+        z, log_det, _ = self.forward_with_reconstruction(x, exact=exact, training=training)
+        return z, log_det
+
+    def forward_with_reconstruction(self, x, exact=False, training=False):
+        """``(z, Σ log-det, Σ λ·reconstruction)``: the reconstruction losses are returned by the
+        layers (not collected with ``add_loss``, whose lists replicas of tf.distribute share)."""
         x = self._check_data(x)
         log_det = tf.zeros(tf.shape(x)[:1], dtype=self.compute_dtype)
+        recon = tf.zeros([], dtype=self.compute_dtype)
         for layer in self.flow_layers:
-            x, layer_log_det = layer.forward(x, exact=exact, training=training)
-            log_det = log_det + layer_log_det
-        return x, log_det
+            x, layer_log_det, layer_recon = layer.forward_with_reconstruction(
+                x, exact=exact, training=training)
+            log_det = log_det + tf.cast(layer_log_det, log_det.dtype)
+            if layer_recon is not None:
+                recon = recon + tf.cast(layer_recon, recon.dtype)
+        return x, log_det, recon
 
     def inverse(self, z, exact=False, temperature=1.0, seed=None):
         """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``)."""
@@ -166,25 +184,27 @@ class FlowModel(keras.Model):
     def train_step(self, data):
         x = self._unpack(data)
         with tf.GradientTape() as tape:
-            log_p = self(x, training=True)
-            nll = -tf.reduce_mean(log_p)
-            recon = tf.add_n([tf.zeros([], nll.dtype)] + [tf.cast(l, nll.dtype) for l in self.losses])
+            z, log_det, recon = self.forward_with_reconstruction(x, training=True)
+            nll = -tf.reduce_mean(self.base_log_prob(z) + log_det)
             loss = nll + recon
+            # tf.distribute sums replica gradients: scale so the update is the global-batch mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas if replicas > 1 else loss
         weights = self.trainable_weights
-        gradients = tape.gradient(loss, weights)
+        gradients = tape.gradient(scaled, weights)
         self.optimizer.apply(gradients, weights)
         self.loss_tracker.update_state(loss)
         self.nll_tracker.update_state(nll)
         self.recon_tracker.update_state(recon)
-        return {"loss": self.loss_tracker.result(), "nll": self.nll_tracker.result(),
-                "recon": self.recon_tracker.result()}
+        return _step_logs({"loss": self.loss_tracker.result(), "nll": self.nll_tracker.result(),
+                           "recon": self.recon_tracker.result()})
 
     def test_step(self, data):
         x = self._unpack(data)
         nll = -self.log_prob(x, exact=True)
         self.nll_tracker.update_state(nll)
         self.bpd_tracker.update_state(self.bits_per_dim(nll))
-        return {"nll": self.nll_tracker.result(), "bpd": self.bpd_tracker.result()}
+        return _step_logs({"nll": self.nll_tracker.result(), "bpd": self.bpd_tracker.result()})
 
     @property
     def metrics(self):

@@ -43,6 +43,11 @@ class FlowLayer(keras.layers.Layer):
     def forward(self, x, exact=False, training=False):
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")
 
+    def forward_with_reconstruction(self, x, exact=False, training=False):
+        """``(z, log_det, reconstruction loss or None)``; layers without a learned inverse give None."""
+        z, log_det = self.forward(x, exact=exact, training=training)
+        return z, log_det, None
+
     def inverse(self, z, exact=False):
         raise NotImplementedError(f"{type(self).__name__} must implement inverse()")
 

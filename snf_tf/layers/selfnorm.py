@@ -143,9 +143,22 @@ class _SelfNormLayer(FlowLayer):
         self-normalized (resp. relative) gradient. ``exact=True``: the true value, same gradient.
         With ``training=True`` the reconstruction loss of ``x`` is registered via ``add_loss``.
         """
+        z, log_det, recon = self.forward_with_reconstruction(x, exact=exact, training=training)
+        if recon is not None:
+            self._register_reconstruction(recon)
+        return z, log_det
+
+    def forward_with_reconstruction(self, x, exact=False, training=False):
+        """``(z, log_det, recon)``: ``forward`` plus this batch's λ-weighted reconstruction loss
+        (``None`` unless training an SNF layer with λ > 0), returned instead of ``add_loss``-ed.
+
+        ``FlowModel`` uses this path: ``add_loss`` lists are shared between the replicas of a
+        ``tf.distribute`` strategy, a return value is not.
+        """
         x = self._check_input(x)
         kernel = tf.convert_to_tensor(self.kernel)
         bias = tf.convert_to_tensor(self.bias)
+        recon = None
         if self.gradient == "exact":
             z = self._linear(x, kernel) + bias
             log_det = self._live_log_abs_det(kernel)
@@ -157,16 +170,15 @@ class _SelfNormLayer(FlowLayer):
                 inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
                 fuse = training and self.uses_reconstruction and self.reconstruction == "default"
                 weight = tf.convert_to_tensor(self.reconstruction_weight) if fuse else None
-                z, recon = self._selfnorm_op(x, kernel, bias, inverse_kernel, weight)
+                z, fused = self._selfnorm_op(x, kernel, bias, inverse_kernel, weight)
                 if training and self.uses_reconstruction:
-                    recon = recon if fuse else self.reconstruction_loss(x)
-                    self._register_reconstruction(recon)
+                    recon = fused if fuse else self.reconstruction_loss(x)
                     self.last_reconstruction_error.assign(
                         tf.stop_gradient(recon) / tf.convert_to_tensor(self.reconstruction_weight))
                 log_det = sn_ops.value_zero(self._log_det_surrogate(kernel, inverse_kernel))
             if exact:
                 log_det = log_det + tf.stop_gradient(self.exact_log_abs_det())
-        return z, tf.broadcast_to(log_det, tf.shape(x)[:1])
+        return z, tf.broadcast_to(log_det, tf.shape(x)[:1]), recon
 
     def inverse(self, z, exact=False):
         """``x = f⁻¹(z)``: through the learned inverse R, or an exact solve when ``exact=True``
