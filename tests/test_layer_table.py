@@ -25,6 +25,7 @@ class Case:
     zero_cheap_log_det: bool = False     # SNF layers: exact=False log-det is 0 in value
     perturb: float = 0.0                 # add noise to weights first (e.g. zero-initialised convs)
     square_jacobian: bool = True         # False for layers that drop dimensions (SplitPrior)
+    inverse_kwargs: Callable = None      # (layer, x) -> extra kwargs of inverse (SplitPrior)
 
 
 def _normal(rng, batch, shape):
@@ -42,6 +43,13 @@ CASES = [
          zero_cheap_log_det=True),
     Case("SelfNormConv2D-5x5-exact", lambda: L.SelfNormConv2D(5, gradient="exact", dtype="float64"),
          (5, 4, 2)),
+    Case("ActNorm", lambda: L.ActNorm(dtype="float64"), (3, 4, 2), perturb=0.1),
+    Case("Conv1x1", lambda: L.Conv1x1(dtype="float64"), (3, 3, 3)),
+    Case("AffineCoupling", lambda: L.AffineCoupling(hidden_channels=6, dtype="float64"), (3, 4, 4),
+         perturb=0.1),
+    Case("SplitPrior", lambda: L.SplitPrior(hidden_channels=6, dtype="float64"), (3, 3, 4),
+         perturb=0.1, square_jacobian=False,
+         inverse_kwargs=lambda layer, x: {"dropped": layer.split(x)[1]}),
 ]
 IDS = [c.name for c in CASES]
 
@@ -79,7 +87,8 @@ def test_round_trip(case):
     layer = _built(case)
     x = _inputs(case, 5, seed=1)
     z, _ = layer.forward(x)
-    np.testing.assert_allclose(layer.inverse(z, exact=True), x, atol=case.inverse_atol)
+    extra = case.inverse_kwargs(layer, x) if case.inverse_kwargs else {}
+    np.testing.assert_allclose(layer.inverse(z, exact=True, **extra), x, atol=case.inverse_atol)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -1,0 +1,423 @@
+"""Glow building blocks: ActNorm, the exact invertible 1×1 convolution, affine coupling, split prior.
+
+Kingma & Dhariwal, *Glow*, NeurIPS 2018, as used by the Glow baselines and the SNF-Glow models of
+Keller et al., *Self Normalizing Flows*, ICML 2021, §5 (PAPER.md §4 and §6 give the exact reference
+definitions reproduced here, quirks included). All layers are NHWC.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from snf_tf.layers.base import FlowLayer, in_xla_context
+
+__all__ = ["ActNorm", "Conv1x1", "AffineCoupling", "SplitPrior"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_NHWC = "NHWC: [batch, height, width, channels]"
+
+
+def _check_positive_int(value, what, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+class _NHWCLayer(FlowLayer):
+    """NHWC flow layer whose weights depend on the channel count only (any H×W is accepted)."""
+
+    input_rank = 4
+
+    def _build_channels(self, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] is None:
+            raise ValueError(
+                f"{self.name}: {type(self).__name__} needs {_NHWC} inputs with a known channel "
+                f"count, got shape {tuple(input_shape)}."
+            )
+        self.channels = int(input_shape[-1])
+        return self.channels
+
+    def _layout_description(self):
+        return _NHWC
+
+    def _check_shape(self, shape, name):
+        if shape[-1] is not None and shape[-1] != self.channels:
+            raise ValueError(
+                f"{self.name}: {name} has {shape[-1]} channels but the layer was built for "
+                f"C = {self.channels} ({_NHWC})."
+            )
+
+    @staticmethod
+    def _spatial_size(x):
+        """H·W of ``x`` as a scalar of ``x``'s dtype (static when known)."""
+        if x.shape[1] is not None and x.shape[2] is not None:
+            return tf.constant(float(x.shape[1] * x.shape[2]), x.dtype)
+        shape = tf.shape(x)
+        return tf.cast(shape[1] * shape[2], x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="snf_tf")
+class ActNorm(_NHWCLayer):
+    r"""Per-channel affine normalisation with data-dependent initialisation (Glow).
+
+    .. math::
+        y = (x - t)\,e^{-\log s},\qquad \log|\det ∂y/∂x| = -H·W·\textstyle\sum_c \log s_c .
+
+    Kingma & Dhariwal 2018, §3.1; reference ``snf/layers/actnorm.py`` (PAPER.md §6). Weights:
+    ``bias`` = t and ``log_scale`` = log s, both [C], zero-initialised, and the non-trainable
+    boolean ``initialized``, saved with the layer.
+
+    Data-dependent init: the first ``forward(x, training=True)`` while ``initialized`` is False sets
+    ``t`` = per-channel mean and ``log s`` = log(std + 1e-8) of that batch over N, H, W, and sets
+    ``initialized`` — so the first training batch leaves the layer with zero-mean, unit-variance
+    outputs per channel. As in the reference (``torch.std``) the std is the *unbiased* one (n − 1).
+    Differences from the reference: only training-mode forwards initialise (the reference also
+    initialised on its first evaluation or sampling call), and an uninitialised layer is the
+    identity rather than an assertion error in reverse. ``initialize(x)`` forces the init at any
+    time. Because the flag is a saved weight, a loaded layer never re-initialises.
+
+    How the init runs:
+      - eagerly: a Python ``if`` on the flag;
+      - in ``tf.function`` / ``model.fit`` (XLA included) with one replica: ``tf.cond`` on the flag,
+        with the statistics and the assignments inside the taken branch (no cost once initialised);
+      - in a replica context of a multi-replica ``tf.distribute`` strategy (MirroredStrategy, ...):
+        the statistics are those of the *global* batch (sums all-reduced across replicas, two
+        passes for the variance), and the weights are written unconditionally with
+        ``tf.where(initialized, old, new)`` — replica-context writes to mirrored variables go
+        through ``merge_call``, which is not allowed inside ``tf.cond`` branches. The weights are
+        created with ``aggregation="only_first_replica"`` (every replica writes identical values).
+        Cost: two all-reduces of C numbers and three small writes per ActNorm per training step.
+        To avoid it, initialise before distributed training (``initialize(x)`` on a first batch, or
+        one eager training-mode forward, in cross-replica context).
+    """
+
+    def build(self, input_shape):
+        channels = self._build_channels(input_shape)
+        # "only_first_replica": the data-dependent init writes these in replica context (see above).
+        self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros",
+                                    aggregation="only_first_replica")
+        self.log_scale = self.add_weight(name="log_scale", shape=(channels,), initializer="zeros",
+                                         aggregation="only_first_replica")
+        self.initialized = self.add_weight(name="initialized", shape=(), dtype="bool",
+                                           initializer="zeros", trainable=False,
+                                           aggregation="only_first_replica")
+
+    # -- data-dependent initialisation -------------------------------------------------------
+    @staticmethod
+    def _statistics(x, replica_context=None):
+        """Per-channel mean and log(unbiased std + 1e-8) over N, H, W (across replicas if given)."""
+        x = tf.stop_gradient(x)
+        axes = [0, 1, 2]
+        total = tf.reduce_sum(x, axis=axes)
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+        if replica_context is not None:
+            total, count = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
+        mean = total / count
+        squares = tf.reduce_sum(tf.square(x - mean), axis=axes)
+        if replica_context is not None:
+            squares = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, squares)
+        std = tf.sqrt(squares / tf.maximum(count - 1.0, 1.0))
+        return mean, tf.math.log(std + 1e-8)
+
+    def initialize(self, x):
+        """Set ``bias``/``log_scale`` from the statistics of ``x`` and mark the layer initialised."""
+        x = self._check_input(x)
+        mean, log_std = self._statistics(x)
+        self.bias.assign(tf.cast(mean, self.bias.dtype))
+        self.log_scale.assign(tf.cast(log_std, self.log_scale.dtype))
+        self.initialized.assign(True)
+        return tf.constant(True)
+
+    def _maybe_initialize(self, x):
+        if tf.executing_eagerly():
+            if not bool(self.initialized.numpy()):
+                self.initialize(x)
+            return
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            mean, log_std = self._statistics(x, context)
+            done = tf.convert_to_tensor(self.initialized)
+            self.bias.assign(tf.where(done, tf.convert_to_tensor(self.bias),
+                                      tf.cast(mean, self.bias.dtype)))
+            self.log_scale.assign(tf.where(done, tf.convert_to_tensor(self.log_scale),
+                                           tf.cast(log_std, self.log_scale.dtype)))
+            self.initialized.assign(tf.constant(True))
+            return
+        tf.cond(tf.convert_to_tensor(self.initialized),
+                lambda: tf.constant(False), lambda: self.initialize(x))
+
+    # -- protocol ------------------------------------------------------------------------------
+    def forward(self, x, exact=False, training=False):
+        """``y = (x − t)·e^{−log s}`` and ``−H·W·Σ log s`` per example (initialising first when
+        ``training`` and not yet initialised). ``exact`` is ignored: the log-det is always exact."""
+        x = self._check_input(x)
+        if training:
+            self._maybe_initialize(x)
+        bias = tf.convert_to_tensor(self.bias)
+        log_scale = tf.convert_to_tensor(self.log_scale)
+        z = (x - bias) * tf.exp(-log_scale)
+        log_det = -self._spatial_size(x) * tf.reduce_sum(log_scale)
+        return z, tf.broadcast_to(log_det, tf.shape(x)[:1])
+
+    def inverse(self, z, exact=False):
+        """``x = z·e^{log s} + t`` (exact)."""
+        z = self._check_input(z, "z")
+        return z * tf.exp(tf.convert_to_tensor(self.log_scale)) + tf.convert_to_tensor(self.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="snf_tf")
+class Conv1x1(_NHWCLayer):
+    r"""Exact invertible 1×1 convolution (Glow baseline): ``z = x @ W`` at every pixel.
+
+    .. math::
+        \log|\det ∂z/∂x| = H·W·\log|\det W|,\qquad x = z\,W^{-1}.
+
+    Kingma & Dhariwal 2018, §3.2; reference ``snf/layers/conv1x1.py`` (PAPER.md §6): no bias,
+    random orthogonal init (Q of a QR decomposition), log-det by slogdet, inverse by a matrix
+    inverse. The weight ``kernel`` is HWIO [1, 1, C, C] — the layout of ``SelfNormConv2D(1)``, the
+    SNF replacement of this layer — with ``z = conv2d(x, kernel)``.
+
+    Trained with plain autodiff through ``slogdet`` (O(C³) per step, the baseline the paper
+    compares against). ``slogdet`` has no XLA kernel: the layer sets ``supports_jit = False``, so
+    Keras runs models containing it with ``jit_compile=False``, and a forward traced under an
+    explicit ``jit_compile=True`` raises a ``ValueError``. The ``exact`` flag is ignored.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        policy = self.dtype_policy
+        if policy.compute_dtype != policy.variable_dtype:
+            raise ValueError(
+                f"Conv1x1: mixed precision ({policy.name}) is not supported: slogdet and the "
+                "inverse need the weights' precision. Use float32 or float64."
+            )
+        self.supports_jit = False
+
+    def build(self, input_shape):
+        channels = self._build_channels(input_shape)
+        self.kernel = self.add_weight(name="kernel", shape=(1, 1, channels, channels),
+                                      initializer=self._orthogonal_init)
+
+    @staticmethod
+    def _orthogonal_init(shape, dtype=None):
+        matrix = keras.initializers.Orthogonal()((shape[2], shape[3]), dtype=dtype)
+        return tf.reshape(matrix, shape)
+
+    def log_abs_det(self):
+        """``log|det W|`` of the C×C matrix (per pixel; multiply by H·W for the layer)."""
+        if in_xla_context():
+            raise ValueError(
+                f"{self.name}: Conv1x1 needs tf.linalg.slogdet, which has no XLA kernel. Run it "
+                "with jit_compile=False (Keras does so automatically: supports_jit is False), or "
+                "use SelfNormConv2D(1) for XLA-compiled training."
+            )
+        return tf.linalg.slogdet(tf.convert_to_tensor(self.kernel)[0, 0])[1]
+
+    def forward(self, x, exact=False, training=False):
+        """``z = conv1x1(x, W)`` and ``H·W·log|det W|`` per example."""
+        x = self._check_input(x)
+        kernel = tf.convert_to_tensor(self.kernel)
+        z = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+        log_det = self._spatial_size(x) * self.log_abs_det()
+        return z, tf.broadcast_to(log_det, tf.shape(x)[:1])
+
+    def inverse(self, z, exact=False):
+        """``x = conv1x1(z, W⁻¹)`` (exact)."""
+        z = self._check_input(z, "z")
+        inverse = tf.linalg.inv(tf.convert_to_tensor(self.kernel)[0, 0])
+        return tf.nn.conv2d(z, inverse[None, None], strides=1, padding="VALID")
+
+
+# ---------------------------------------------------------------------------------------------
+def _torch_default_conv(filters, kernel_size, fan_in, dtype, name):
+    """A Conv2D with PyTorch's default init: kernel and bias ~ U(±1/√fan_in)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.layers.Conv2D(
+        filters, kernel_size, padding="same", dtype=dtype, name=name,
+        # kaiming_uniform(a=√5) == VarianceScaling(1/3, fan_in, uniform): limit √(1/fan_in)
+        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+    )
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class AffineCoupling(_NHWCLayer):
+    r"""Glow affine coupling with the reference network and its interleaved outputs.
+
+    .. math::
+        h = \mathrm{NN}(x_1),\quad \log s = 2\tanh(h_{[0::2]}/2),\quad t = h_{[1::2]},\quad
+        z = [x_1,\; x_2 e^{\log s} + t],\qquad \log|\det| = \textstyle\sum \log s,
+
+    with x₁ the first C/2 channels (unchanged) and x₂ the rest. Kingma & Dhariwal 2018, §3.3;
+    reference ``snf/layers/coupling.py`` (PAPER.md §6). NN = Conv3×3(C/2 → hidden, same) → ReLU →
+    Conv1×1(hidden → hidden) → ReLU → Conv2dZero(hidden → C, 3×3, same), the last one zero-
+    initialised with its output multiplied by exp(3·logs), logs a zero-initialised per-channel
+    weight (``zero_logs``). The first two convs use PyTorch's default init. Scale and shift are
+    *interleaved*: log-scale from the even output channels, shift from the odd ones.
+
+    At init the layer is the identity (zero last conv). Sub-layers (Keras ``Conv2D``, built in
+    ``build``): ``conv_in``, ``conv_hidden``, ``conv_zero``.
+
+    Args:
+        hidden_channels: width of the network (512 in the paper; 16 in the GECO experiment).
+    """
+
+    def __init__(self, hidden_channels=512, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_channels = _check_positive_int(hidden_channels, "hidden_channels",
+                                                   "AffineCoupling")
+
+    def build(self, input_shape):
+        channels = self._build_channels(input_shape)
+        if channels % 2 or channels < 2:
+            raise ValueError(
+                f"{self.name}: {type(self).__name__} splits the channels in two halves and needs an "
+                f"even channel count, got C = {channels}. Squeeze first (C → 4C) or pad the input."
+            )
+        half, hidden = channels // 2, self.hidden_channels
+        self.conv_in = _torch_default_conv(hidden, 3, 9 * half, self.dtype_policy, "conv_in")
+        self.conv_in.build((None, None, None, half))
+        self.conv_hidden = _torch_default_conv(hidden, 1, hidden, self.dtype_policy, "conv_hidden")
+        self.conv_hidden.build((None, None, None, hidden))
+        # Reference Conv2dZero: zero weight and bias. There `bias` and `logs` are both
+        # nn.Parameter(zeros) of the *same* tensor, so they probably share storage (every update
+        # of one moves the other). We keep them as two independent weights.
+        self.conv_zero = keras.layers.Conv2D(
+            channels, 3, padding="same", kernel_initializer="zeros", bias_initializer="zeros",
+            dtype=self.dtype_policy, name="conv_zero")
+        self.conv_zero.build((None, None, None, hidden))
+        self.zero_logs = self.add_weight(name="zero_logs", shape=(channels,), initializer="zeros")
+
+    def scale_and_shift(self, x1):
+        """``(log s, t)`` of the network at the conditioning half ``x1`` (each with C/2 channels)."""
+        h = tf.nn.relu(self.conv_in(x1))
+        h = tf.nn.relu(self.conv_hidden(h))
+        h = self.conv_zero(h) * tf.exp(3.0 * tf.convert_to_tensor(self.zero_logs))
+        log_s = 2.0 * tf.tanh(h[..., 0::2] / 2.0)
+        return log_s, h[..., 1::2]
+
+    def forward(self, x, exact=False, training=False):
+        """``z = [x₁, x₂·e^{log s} + t]`` and ``Σ log s`` per example (``exact`` is ignored)."""
+        x = self._check_input(x)
+        half = self.channels // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        log_s, shift = self.scale_and_shift(x1)
+        z = tf.concat([x1, x2 * tf.exp(log_s) + shift], axis=-1)
+        return z, tf.reduce_sum(log_s, axis=[1, 2, 3])
+
+    def inverse(self, z, exact=False):
+        """``x = [z₁, (z₂ − t)·e^{−log s}]`` (exact)."""
+        z = self._check_input(z, "z")
+        half = self.channels // 2
+        z1, z2 = z[..., :half], z[..., half:]
+        log_s, shift = self.scale_and_shift(z1)
+        return tf.concat([z1, (z2 - shift) * tf.exp(-log_s)], axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_channels=self.hidden_channels)
+        return config
+
+
+# ---------------------------------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="snf_tf")
+class SplitPrior(_NHWCLayer):
+    r"""Factor out half of the channels under a standard normal (Glow multi-scale split).
+
+    .. math::
+        y = \mathrm{coupling}(x),\quad z = y_{[:C/2]},\quad
+        \log\text{-det} = \log|\det ∂y/∂x| + \log\mathcal N(y_{[C/2:]};\,0, I).
+
+    Dinh et al. 2017 / Kingma & Dhariwal 2018; reference ``snf/layers/splitprior.py`` (PAPER.md §6):
+    an :class:`AffineCoupling` on the full tensor, then the first C/2 channels go on and the rest
+    are scored under a *standard* normal (not a learned conditional prior). The returned "log-det"
+    therefore includes a log-density and the layer is not square: output channels = C/2.
+
+    Inverse: ``inverse(z, exact=False, dropped=None, temperature=1.0, seed=None)``. The dropped half
+    is ``dropped`` when given (for exact round trips, see :meth:`split`), otherwise sampled from
+    N(0, T²I) with ``keras.random``: ``seed`` may be an int (stateless, reproducible), a
+    ``keras.random.SeedGenerator``, or None (the layer's own ``SeedGenerator``, seeded by the
+    constructor's ``seed``). ``samples_on_inverse = True`` tells ``FlowModel`` to pass
+    ``temperature`` and ``seed``.
+
+    Args:
+        hidden_channels: width of the coupling network (512 in the paper).
+        seed: optional int seed of the layer's sampling ``SeedGenerator``.
+    """
+
+    samples_on_inverse = True
+
+    def __init__(self, hidden_channels=512, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_channels = _check_positive_int(hidden_channels, "hidden_channels", "SplitPrior")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise ValueError(f"SplitPrior: seed must be a non-negative int or None, got {seed!r}.")
+        self.seed = None if seed is None else int(seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.coupling = AffineCoupling(self.hidden_channels, dtype=self.dtype_policy,
+                                       name="coupling")
+
+    def build(self, input_shape):
+        channels = self._build_channels(input_shape)
+        if channels % 2 or channels < 2:
+            raise ValueError(
+                f"{self.name}: SplitPrior keeps half of the channels and needs an even channel "
+                f"count, got C = {channels}. Squeeze first (C → 4C) or pad the input."
+            )
+        self.coupling.build(tuple(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        channels = input_shape[-1]
+        return input_shape[:-1] + (None if channels is None else channels // 2,)
+
+    def split(self, x, training=False):
+        """``(kept, dropped, log_det)``: the coupling output's two halves and the forward log-det
+        (coupling log-det + log N(dropped))."""
+        y, coupling_log_det = self.coupling.forward(self._check_input(x), training=training)
+        half = self.channels // 2
+        kept, dropped = y[..., :half], y[..., half:]
+        log_normal = -0.5 * tf.reduce_sum(tf.square(dropped) + _LOG_2PI, axis=[1, 2, 3])
+        return kept, dropped, coupling_log_det + log_normal
+
+    def forward(self, x, exact=False, training=False):
+        """``(kept half, coupling log-det + log N(dropped half))`` per example."""
+        kept, _, log_det = self.split(x, training=training)
+        return kept, log_det
+
+    def inverse(self, z, exact=False, dropped=None, temperature=1.0, seed=None):
+        """``x`` from the kept half ``z`` and the dropped half (given, or sampled from N(0, T²))."""
+        if not self.built:
+            raise ValueError(f"{self.name}: build the layer (call it on data once) before inverse().")
+        z = self._check_half(z, "z")
+        if dropped is None:
+            dropped = keras.random.normal(
+                tf.shape(z), stddev=temperature, dtype=z.dtype,
+                seed=self.seed_generator if seed is None else seed)
+        else:
+            dropped = self._check_half(dropped, "dropped")
+        return self.coupling.inverse(tf.concat([z, dropped], axis=-1))
+
+    def _check_half(self, value, name):
+        if not tf.is_tensor(value):
+            value = tf.convert_to_tensor(value)
+        if not value.dtype.is_floating:
+            raise ValueError(f"{self.name}: {name} must be a floating-point tensor, "
+                             f"got dtype {value.dtype.name}.")
+        half = self.channels // 2
+        if value.shape.rank != 4 or (value.shape[-1] is not None and value.shape[-1] != half):
+            raise ValueError(
+                f"{self.name}: {name} must be {_NHWC} with C/2 = {half} channels (the layer was "
+                f"built for C = {self.channels}), got shape {value.shape}."
+            )
+        return tf.cast(value, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(hidden_channels=self.hidden_channels, seed=self.seed)
+        return config

@@ -1,0 +1,473 @@
+"""ActNorm, Conv1x1, AffineCoupling and SplitPrior (snf_tf/layers/glow.py).
+
+References: autodiff ``batch_jacobian`` + NumPy slogdet for every log-det, a NumPy re-computation of
+the reference coupling network (interleaved scale/shift), NumPy batch statistics for ActNorm's
+data-dependent init, and the closed forms of PAPER.md §6. Float64 where precision matters.
+"""
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.glow import ActNorm, AffineCoupling, Conv1x1, SplitPrior
+
+LOG_2PI = np.log(2.0 * np.pi)
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def neg_log_likelihood(z, log_det):
+    """Batch-mean NLL under a standard-normal base, summed over dims."""
+    axes = list(range(1, z.shape.rank))
+    d = float(np.prod(z.shape[1:]))
+    log_pz = -0.5 * tf.reduce_sum(tf.square(z), axis=axes) - 0.5 * d * LOG_2PI
+    return -tf.reduce_mean(log_pz + log_det)
+
+
+def _data(shape, seed=0, batch=4):
+    rng = np.random.default_rng(seed)
+    # per-channel offsets and scales so that ActNorm's init is far from the identity
+    channels = shape[-1]
+    return rng.standard_normal((batch,) + shape) * np.linspace(0.5, 3.0, channels) \
+        + np.linspace(-2.0, 2.0, channels)
+
+
+def _perturb(layer, scale=0.1, seed=99):
+    rng = np.random.default_rng(seed)
+    for w in layer.trainable_weights:
+        w.assign(w.numpy() + scale * rng.standard_normal(w.shape))
+
+
+def _ready(make, shape, perturb=0.1):
+    """A float64 layer, initialised by one training-mode forward, then weights perturbed (the last
+    coupling conv is zero-initialised; perturbing makes every weight matter)."""
+    layer = make()
+    layer.forward(_data(shape, seed=11, batch=6), training=True)
+    if perturb:
+        _perturb(layer, perturb)
+    return layer
+
+
+CASES = {
+    "ActNorm": (lambda: ActNorm(dtype="float64"), (3, 4, 6)),
+    "Conv1x1": (lambda: Conv1x1(dtype="float64"), (4, 3, 3)),
+    "AffineCoupling": (lambda: AffineCoupling(hidden_channels=8, dtype="float64"), (4, 3, 4)),
+    "SplitPrior": (lambda: SplitPrior(hidden_channels=8, dtype="float64"), (3, 4, 4)),
+}
+IDS = list(CASES)
+
+
+def _round_trip(layer, x):
+    if isinstance(layer, SplitPrior):
+        kept, dropped, _ = layer.split(x)
+        return layer.inverse(kept, dropped=dropped)
+    z, _ = layer.forward(x)
+    return layer.inverse(z)
+
+
+# -- 1. inverse(forward(x)) = x ------------------------------------------------------------------
+@pytest.mark.parametrize("name", IDS)
+def test_round_trip(name):
+    make, shape = CASES[name]
+    layer = _ready(make, shape)
+    x = _data(shape, seed=1, batch=5)
+    np.testing.assert_allclose(_round_trip(layer, x), x, atol=1e-10)
+
+
+# -- 2. log-det = slogdet of the autodiff Jacobian -------------------------------------------------
+@pytest.mark.parametrize("name", ["ActNorm", "Conv1x1", "AffineCoupling"])
+def test_log_det_equals_slogdet_of_autodiff_jacobian(name):
+    make, shape = CASES[name]
+    layer = _ready(make, shape, perturb=0.3)
+    x = tf.constant(_data(shape, seed=2, batch=3))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z, log_det = layer.forward(x)
+        z = tf.reshape(z, [3, -1])
+    jac = tape.batch_jacobian(z, x).numpy().reshape(3, z.shape[1], -1)
+    sign, expected = np.linalg.slogdet(jac)
+    assert np.all(sign != 0)
+    np.testing.assert_allclose(log_det, expected, rtol=1e-9, atol=1e-9)
+    _, exact = layer.forward(x, exact=True)
+    np.testing.assert_array_equal(exact, log_det)  # exact flag changes nothing for these layers
+
+
+def test_split_prior_log_det_is_coupling_jacobian_plus_standard_normal_density():
+    make, shape = CASES["SplitPrior"]
+    layer = _ready(make, shape, perturb=0.3)
+    x = tf.constant(_data(shape, seed=3, batch=3))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        kept, dropped, log_det = layer.split(x)
+        y = tf.reshape(tf.concat([kept, dropped], -1), [3, -1])
+    jac = tape.batch_jacobian(y, x).numpy().reshape(3, y.shape[1], -1)
+    coupling_part = np.linalg.slogdet(jac)[1]
+    d = dropped.numpy().reshape(3, -1)
+    normal_part = -0.5 * np.sum(d ** 2, axis=1) - 0.5 * d.shape[1] * LOG_2PI
+    np.testing.assert_allclose(log_det, coupling_part + normal_part, rtol=1e-10)
+    _, forward_log_det = layer.forward(x)
+    np.testing.assert_array_equal(forward_log_det, log_det)
+    assert kept.shape[-1] == dropped.shape[-1] == shape[-1] // 2
+    # the dropped half is the second half of the coupling output; the kept half is unchanged x₁
+    np.testing.assert_array_equal(kept, x[..., :shape[-1] // 2])
+
+
+# -- 3. every trainable weight gets a finite non-zero gradient -------------------------------------
+EXPECTED_WEIGHTS = {
+    "ActNorm": {"bias", "log_scale"},
+    "Conv1x1": {"kernel"},
+    "AffineCoupling": {"zero_logs", "conv_in/kernel", "conv_in/bias", "conv_hidden/kernel",
+                       "conv_hidden/bias", "conv_zero/kernel", "conv_zero/bias"},
+}
+EXPECTED_WEIGHTS["SplitPrior"] = {"coupling/" + n for n in EXPECTED_WEIGHTS["AffineCoupling"]}
+
+
+def _gradients(layer, x):
+    with tf.GradientTape() as tape:
+        z, log_det = layer.forward(x, training=True)
+        loss = neg_log_likelihood(z, log_det)
+    return tape.gradient(loss, layer.trainable_weights)
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_every_trainable_weight_gets_a_finite_nonzero_gradient(name):
+    make, shape = CASES[name]
+    layer = _ready(make, shape)
+    paths = {w.path.split("/", 1)[1] for w in layer.trainable_weights}
+    assert paths == EXPECTED_WEIGHTS[name]
+    for w, g in zip(layer.trainable_weights, _gradients(layer, _data(shape, seed=4))):
+        assert g is not None, w.path
+        g = tf.convert_to_tensor(g).numpy()
+        assert np.all(np.isfinite(g)) and np.any(g != 0), w.path
+
+
+def test_fresh_coupling_trains_every_weight_after_one_step():
+    """Zero-initialised last conv: at init only it (and its logs) gets gradients; one optimizer
+    step later every weight does."""
+    layer = AffineCoupling(hidden_channels=8, dtype="float64")
+    x = tf.constant(_data((4, 4, 4), seed=5))
+    grads = _gradients(layer, x)
+    assert all(np.any(tf.convert_to_tensor(g).numpy() != 0)
+               for w, g in zip(layer.trainable_weights, grads) if "conv_zero/kernel" in w.path)
+    keras.optimizers.Adam(1e-2).apply(grads, layer.trainable_weights)
+    for w, g in zip(layer.trainable_weights, _gradients(layer, x)):
+        g = tf.convert_to_tensor(g).numpy()
+        assert np.all(np.isfinite(g)) and np.any(g != 0), w.path
+
+
+# -- 4. config and .keras round trips ---------------------------------------------------------------
+@pytest.mark.parametrize("name", IDS)
+def test_config_and_keras_file_round_trips_give_identical_outputs(name, tmp_path):
+    make, shape = CASES[name]
+    layer = _ready(make, shape)
+    x = _data(shape, seed=6, batch=3)
+    z, log_det = layer.forward(x)
+
+    clone = type(layer).from_config(layer.get_config())
+    clone.build((None,) + shape)
+    clone.set_weights(layer.get_weights())
+    z2, log_det2 = clone.forward(x)
+    np.testing.assert_array_equal(z2, z)
+    np.testing.assert_array_equal(log_det2, log_det)
+
+    path = str(tmp_path / "layer.keras")
+    keras.Sequential([keras.Input(shape, dtype="float64"), layer]).save(path)
+    loaded = keras.models.load_model(path).layers[0]
+    assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
+    # a training-mode forward on other data: a loaded ActNorm must not re-initialise
+    z3, log_det3 = loaded.forward(_data(shape, seed=7, batch=5) * 9.0, training=True)
+    z3, log_det3 = loaded.forward(x, training=True)
+    np.testing.assert_array_equal(z3, z)
+    np.testing.assert_array_equal(log_det3, log_det)
+    if isinstance(layer, SplitPrior):
+        kept, dropped, _ = layer.split(x)
+        np.testing.assert_array_equal(loaded.inverse(kept, dropped=dropped),
+                                      layer.inverse(kept, dropped=dropped))
+    else:
+        np.testing.assert_array_equal(loaded.inverse(z), layer.inverse(z))
+
+
+# -- 5. batch-size independence ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", IDS)
+def test_outputs_do_not_depend_on_batch_size(name):
+    make, shape = CASES[name]
+    layer = _ready(make, shape)
+    x = _data(shape, seed=8, batch=7)
+    z, log_det = layer.forward(x, training=True)  # initialised: training mode changes nothing
+    z1, log_det1 = layer.forward(x[:1])
+    np.testing.assert_allclose(z1, z[:1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_det1, log_det[:1], rtol=1e-12, atol=1e-12)
+
+
+# -- 6. clear errors ----------------------------------------------------------------------------------
+def _built(layer, shape):
+    layer.build(shape)
+    return layer
+
+
+BAD_INPUT = [
+    ("actnorm rank", lambda: ActNorm().forward(tf.zeros((2, 4, 4))), "rank 4"),
+    ("actnorm channels", lambda: _built(ActNorm(), (None, 4, 4, 2)).forward(tf.zeros((1, 4, 4, 3))),
+     "C = 2"),
+    ("actnorm integer", lambda: ActNorm().forward(tf.zeros((1, 2, 2, 2), tf.int32)), "floating-point"),
+    ("conv1x1 rank", lambda: Conv1x1().forward(tf.zeros((2, 3))), "rank 4"),
+    ("conv1x1 channels", lambda: _built(Conv1x1(), (None, 4, 4, 2)).inverse(tf.zeros((1, 4, 4, 3))),
+     "C = 2"),
+    ("conv1x1 integer", lambda: Conv1x1().forward(np.zeros((1, 2, 2, 2), np.uint8)), "floating-point"),
+    ("conv1x1 mixed precision", lambda: Conv1x1(dtype="mixed_float16"), "mixed precision"),
+    ("coupling odd channels", lambda: AffineCoupling(4).forward(tf.zeros((1, 4, 4, 3))), "even"),
+    ("coupling rank", lambda: AffineCoupling(4).forward(tf.zeros((1, 4, 4, 2, 1))), "rank 4"),
+    ("coupling channels", lambda: _built(AffineCoupling(4), (None, 4, 4, 2)).forward(
+        tf.zeros((1, 4, 4, 4))), "C = 2"),
+    ("coupling integer", lambda: AffineCoupling(4).forward(tf.zeros((1, 2, 2, 2), tf.int64)),
+     "floating-point"),
+    ("coupling hidden", lambda: AffineCoupling(0), "hidden_channels"),
+    ("coupling hidden float", lambda: AffineCoupling(8.0), "hidden_channels"),
+    ("split odd channels", lambda: SplitPrior(4).forward(tf.zeros((1, 4, 4, 5))), "even"),
+    ("split rank", lambda: SplitPrior(4).forward(tf.zeros((4, 4, 2))), "rank 4"),
+    ("split channels", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).forward(
+        tf.zeros((1, 4, 4, 6))), "C = 4"),
+    ("split integer", lambda: SplitPrior(4).forward(tf.zeros((1, 2, 2, 2), tf.int32)),
+     "floating-point"),
+    ("split inverse channels", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).inverse(
+        tf.zeros((1, 4, 4, 4))), "C/2 = 2"),
+    ("split inverse dropped", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).inverse(
+        tf.zeros((1, 4, 4, 2)), dropped=tf.zeros((1, 4, 4, 3))), "dropped"),
+    ("split inverse integer", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).inverse(
+        tf.zeros((1, 4, 4, 2), tf.int32)), "floating-point"),
+    ("split inverse unbuilt", lambda: SplitPrior(4).inverse(tf.zeros((1, 4, 4, 2))), "build"),
+    ("split seed", lambda: SplitPrior(4, seed=-1), "seed"),
+]
+
+
+@pytest.mark.parametrize("name,action,message", BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_raises_a_clear_value_error(name, action, message):
+    with pytest.raises(ValueError, match=message):
+        action()
+
+
+def test_conv1x1_under_xla_raises_a_clear_error():
+    layer = _built(Conv1x1(), (None, 3, 3, 2))
+    compiled = tf.function(lambda x: layer.forward(x)[1], jit_compile=True)
+    with pytest.raises(ValueError, match="XLA"):
+        compiled(tf.zeros((1, 3, 3, 2)))
+    assert layer.supports_jit is False
+
+
+# -- quirks ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_actnorm_first_training_batch_gives_zero_mean_unit_variance(mode):
+    x = _data((5, 4, 3), seed=9, batch=6)
+    layer = ActNorm(dtype="float64")
+    layer.build(x.shape)
+    assert not bool(layer.initialized.numpy())
+    _, identity_log_det = layer.forward(x)  # not training: no init, identity
+    np.testing.assert_array_equal(identity_log_det, np.zeros(6))
+    assert not bool(layer.initialized.numpy())
+
+    forward = lambda x: layer.forward(x, training=True)  # noqa: E731
+    if mode != "eager":
+        forward = tf.function(forward, jit_compile=mode == "xla")
+    z, log_det = forward(tf.constant(x))
+    assert bool(layer.initialized.numpy())
+    z = z.numpy()
+    np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0.0, atol=1e-12)
+    # the reference uses torch.std: the unbiased (n − 1) standard deviation
+    np.testing.assert_allclose(z.std(axis=(0, 1, 2), ddof=1), 1.0, rtol=1e-7)
+    np.testing.assert_allclose(layer.bias.numpy(), x.mean(axis=(0, 1, 2)), rtol=1e-12)
+    log_std = np.log(x.std(axis=(0, 1, 2), ddof=1) + 1e-8)
+    np.testing.assert_allclose(layer.log_scale.numpy(), log_std, rtol=1e-12)
+    np.testing.assert_allclose(log_det, np.full(6, -5 * 4 * log_std.sum()), rtol=1e-12)
+
+    before = [w.numpy() for w in layer.weights]
+    forward(tf.constant(3.0 * x + 1.0))  # second batch: no re-initialisation
+    for old, w in zip(before, layer.weights):
+        np.testing.assert_array_equal(old, w.numpy())
+
+
+def test_actnorm_initialize_forces_a_new_init():
+    layer = _ready(CASES["ActNorm"][0], (3, 4, 6))
+    x = 2.0 * _data((3, 4, 6), seed=10) - 1.0
+    layer.initialize(x)
+    z, _ = layer.forward(x)
+    np.testing.assert_allclose(z.numpy().mean(axis=(0, 1, 2)), 0.0, atol=1e-12)
+
+
+def _np_conv_same(x, kernel, bias):
+    """'same' conv, stride 1, NHWC/HWIO, by summing shifted copies (independent of tf.nn.conv2d)."""
+    k = kernel.shape[0]
+    pad = k // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h, w = x.shape[1:3]
+    out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
+    for i in range(k):
+        for j in range(k):
+            out += np.einsum("nhwi,io->nhwo", xp[:, i:i + h, j:j + w], kernel[i, j])
+    return out + bias
+
+
+def test_coupling_interleave_matches_numpy_reference():
+    layer = _ready(CASES["AffineCoupling"][0], (4, 3, 4), perturb=0.2)
+    x = _data((4, 3, 4), seed=12, batch=3)
+    z, log_det = layer.forward(x)
+
+    w = {v.path.split("/", 1)[1]: v.numpy() for v in layer.weights}
+    x1, x2 = x[..., :2], x[..., 2:]
+    h = np.maximum(_np_conv_same(x1, w["conv_in/kernel"], w["conv_in/bias"]), 0)
+    h = np.maximum(_np_conv_same(h, w["conv_hidden/kernel"], w["conv_hidden/bias"]), 0)
+    h = _np_conv_same(h, w["conv_zero/kernel"], w["conv_zero/bias"]) * np.exp(3 * w["zero_logs"])
+    log_s = 2 * np.tanh(h[..., 0::2] / 2)   # scale from the even channels
+    shift = h[..., 1::2]                    # shift from the odd channels
+    np.testing.assert_allclose(z[..., :2], x1, rtol=0, atol=0)
+    np.testing.assert_allclose(z[..., 2:], x2 * np.exp(log_s) + shift, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_det, log_s.sum(axis=(1, 2, 3)), rtol=1e-12)
+
+
+def test_coupling_initialisation_is_the_identity_with_torch_default_convs():
+    layer = AffineCoupling(hidden_channels=64)
+    x = _data((4, 4, 6), seed=13).astype("float32")
+    z, log_det = layer.forward(x)
+    np.testing.assert_array_equal(z, x)
+    np.testing.assert_array_equal(log_det, np.zeros(4))
+    assert not np.any(layer.conv_zero.kernel.numpy()) and not np.any(layer.zero_logs.numpy())
+    # PyTorch default: U(±1/√fan_in) for kernel and bias
+    for conv, fan_in in [(layer.conv_in, 9 * 3), (layer.conv_hidden, 64)]:
+        bound = 1 / np.sqrt(fan_in)
+        for v in (conv.kernel.numpy(), conv.bias.numpy()):
+            assert np.abs(v).max() <= bound and np.abs(v).max() > 0.8 * bound
+
+
+def test_conv1x1_log_det_is_hw_times_slogdet_and_init_is_orthogonal():
+    layer = Conv1x1(dtype="float64")
+    layer.build((None, 5, 3, 4))
+    w = layer.kernel.numpy()[0, 0]
+    np.testing.assert_allclose(w @ w.T, np.eye(4), atol=1e-12)
+    _perturb(layer, 0.5)
+    w = layer.kernel.numpy()[0, 0]
+    x = _data((5, 3, 4), seed=14, batch=2)
+    z, log_det = layer.forward(x)
+    np.testing.assert_allclose(log_det, np.full(2, 15 * np.linalg.slogdet(w)[1]), rtol=1e-12)
+    np.testing.assert_allclose(z, x @ w, rtol=1e-12, atol=1e-12)  # z = x @ W at every pixel
+
+
+def test_split_prior_sampling():
+    layer = _ready(CASES["SplitPrior"][0], (3, 4, 4))
+    assert layer.compute_output_shape((None, 3, 4, 4)) == (None, 3, 4, 2)
+    assert SplitPrior.samples_on_inverse
+    x = _data((3, 4, 4), seed=15, batch=5)
+    kept, dropped, _ = layer.split(x)
+    # temperature 0 samples the mode: the same as giving zeros
+    np.testing.assert_allclose(layer.inverse(kept, temperature=0.0),
+                               layer.inverse(kept, dropped=np.zeros_like(dropped)), rtol=1e-12)
+    a, b = layer.inverse(kept, seed=3), layer.inverse(kept, seed=3)
+    np.testing.assert_array_equal(a, b)                       # int seed: reproducible
+    assert a.shape == x.shape
+    assert not np.allclose(a, layer.inverse(kept, seed=4))
+    c, d = layer.inverse(kept), layer.inverse(kept)           # own SeedGenerator: advances
+    assert not np.allclose(c, d)
+    # the sampled dropped half has std ≈ T (recover it by a forward pass)
+    sample = layer.inverse(tf.zeros((200, 3, 4, 2), tf.float64), temperature=0.5, seed=1)
+    _, redropped, _ = layer.split(sample)
+    assert 0.45 < redropped.numpy().std() < 0.55
+    # works in a tf.function with a dynamic batch
+    sampler = tf.function(lambda z: layer.inverse(z, seed=7))
+    assert sampler(kept).shape == x.shape and sampler(kept[:2]).shape == (2, 3, 4, 4)
+
+
+# -- Keras training ------------------------------------------------------------------------------
+class TinyFlow(keras.Model):
+    """Smallest Keras model over flow layers: NLL under N(0, I)."""
+
+    def __init__(self, flow_layers, **kwargs):
+        super().__init__(**kwargs)
+        self.flow_layers = flow_layers
+
+    def call(self, x, training=False):
+        log_det = tf.zeros(tf.shape(x)[:1])
+        for layer in self.flow_layers:
+            x, ld = layer.forward(x, training=training)
+            log_det = log_det + ld
+        return x, log_det
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        z, log_det = y_pred
+        return neg_log_likelihood(z, log_det)
+
+
+def test_model_fit_trains_a_tiny_glow_step():
+    data = _data((4, 4, 4), seed=16, batch=48).astype("float32")
+    layers = [ActNorm(), Conv1x1(), AffineCoupling(hidden_channels=8)]
+    model = TinyFlow(layers)
+    with pytest.warns(UserWarning, match="jit_compile"):  # Conv1x1: slogdet has no XLA kernel
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
+    assert model.jit_compile is False
+    history = model.fit(data, batch_size=16, epochs=3, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert bool(layers[0].initialized.numpy())
+    # initialised from the first batch of 16 (then moved by three epochs of small steps)
+    np.testing.assert_allclose(layers[0].bias.numpy(), data[:16].mean(axis=(0, 1, 2)), atol=0.2)
+
+
+def test_actnorm_init_under_mirrored_strategy_uses_the_global_batch():
+    """Two logical CPUs (needs a fresh process: devices are fixed once TF is initialised)."""
+    script = textwrap.dedent("""
+        import os
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import numpy as np, tensorflow as tf, keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from snf_tf.layers.glow import ActNorm, Conv1x1
+
+        class TinyFlow(keras.Model):
+            def __init__(self, flow_layers, **kwargs):
+                super().__init__(**kwargs)
+                self.flow_layers = flow_layers
+            def call(self, x, training=False):
+                log_det = tf.zeros(tf.shape(x)[:1])
+                for layer in self.flow_layers:
+                    x, ld = layer.forward(x, training=training)
+                    log_det = log_det + ld
+                return x, log_det
+            def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+                z, log_det = y_pred
+                return -tf.reduce_mean(-0.5 * tf.reduce_sum(z * z, [1, 2, 3]) + log_det)
+
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        rng = np.random.default_rng(0)
+        data = (rng.normal(size=(32, 4, 4, 4)) * [1, 2, 3, 4] + [0, 1, -1, 5]).astype("float32")
+        # the second replica's half differs from the first: per-replica statistics would be wrong
+        data[8:16] = data[8:16] * 2 + 3
+        data[16:] = data[16:] * 5 - 7  # second global batch: must not re-initialise
+        with strategy.scope():
+            act = ActNorm()
+            model = TinyFlow([act, Conv1x1()])
+            model.compile(optimizer=keras.optimizers.Adam(0.0), jit_compile=False)
+        history = model.fit(data, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        assert np.all(np.isfinite(history.history["loss"]))
+        assert bool(act.initialized.numpy())
+        mean = data[:16].mean((0, 1, 2))
+        log_std = np.log(data[:16].std((0, 1, 2), ddof=1) + 1e-8)
+        biases = strategy.experimental_local_results(act.bias.value)  # the MirroredVariable
+        log_scales = strategy.experimental_local_results(act.log_scale.value)
+        assert len(biases) == len(log_scales) == 2
+        for bias, log_scale in zip(biases, log_scales):
+            np.testing.assert_allclose(bias.numpy(), mean, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(log_scale.numpy(), log_std, rtol=1e-5, atol=1e-5)
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_all_layers_are_flow_layers_with_rank_4():
+    for make, _ in CASES.values():
+        layer = make()
+        assert isinstance(layer, FlowLayer) and layer.input_rank == 4
