@@ -26,10 +26,19 @@ class Case:
     perturb: float = 0.0                 # add noise to weights first (e.g. zero-initialised convs)
     square_jacobian: bool = True         # False for layers that drop dimensions (SplitPrior)
     inverse_kwargs: Callable = None      # (layer, x) -> extra kwargs of inverse (SplitPrior)
+    accepts_integers: bool = False       # Dequantize takes the uint8 data itself
 
 
 def _normal(rng, batch, shape):
     return rng.standard_normal((batch,) + shape)
+
+
+def _unit_interval(shape):
+    return lambda rng, batch: rng.uniform(0.05, 0.95, (batch,) + shape)
+
+
+def _pixels(shape):
+    return lambda rng, batch: rng.integers(0, 256, (batch,) + shape).astype("float64")
 
 
 CASES = [
@@ -50,6 +59,20 @@ CASES = [
     Case("SplitPrior", lambda: L.SplitPrior(hidden_channels=6, dtype="float64"), (3, 3, 4),
          perturb=0.1, square_jacobian=False,
          inverse_kwargs=lambda layer, x: {"dropped": layer.split(x)[1]}),
+    Case("Dequantize", lambda: L.Dequantize(dtype="float64"), (4, 4, 1), sample=_pixels((4, 4, 1)),
+         accepts_integers=True),
+    Case("Normalize", lambda: L.Normalize(dtype="float64"), (4, 4, 1), sample=_pixels((4, 4, 1))),
+    Case("Normalize-logit-prescaling", lambda: L.Normalize.logit_prescaling(dtype="float64"),
+         (4, 4, 1), sample=_unit_interval((4, 4, 1))),
+    Case("Logit", lambda: L.Logit(dtype="float64"), (3, 3, 2), sample=_unit_interval((3, 3, 2)),
+         inverse_atol=1e-7),
+    Case("Squeeze", lambda: L.Squeeze(dtype="float64"), (4, 6, 3)),
+    Case("Flatten", lambda: L.Flatten(dtype="float64"), (2, 3, 2)),
+    Case("Reshape", lambda: L.Reshape((4, 3), dtype="float64"), (2, 3, 2)),
+    Case("SmoothLeakyReLU", lambda: L.SmoothLeakyReLU(dtype="float64"), (7,), inverse_atol=1e-5),
+    Case("LearnableLeakyReLU", lambda: L.LearnableLeakyReLU(alpha=0.7, dtype="float64"), (3, 3, 2)),
+    Case("SplineActivation", lambda: L.SplineActivation(dtype="float64"), (3, 3, 2), perturb=0.3,
+         sample=lambda rng, b: 4 * rng.standard_normal((b, 3, 3, 2))),
 ]
 IDS = [c.name for c in CASES]
 
@@ -160,8 +183,9 @@ def test_bad_input_raises_value_error(case):
     x = _inputs(case, 2)
     with pytest.raises(ValueError, match="rank"):
         layer.forward(x[..., None])
-    with pytest.raises(ValueError, match="floating-point"):
-        layer.forward(x.astype("int32"))
+    if not case.accepts_integers:
+        with pytest.raises(ValueError, match="floating-point"):
+            layer.forward(x.astype("int32"))
     wider = np.concatenate([x, x], axis=-1)
     with pytest.raises(ValueError):
         layer.forward(wider)

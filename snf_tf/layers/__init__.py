@@ -1,15 +1,27 @@
 """Keras 3 flow layers; every one implements the flow-layer protocol of :class:`FlowLayer`."""
 
+from snf_tf.layers.activations import LearnableLeakyReLU, SmoothLeakyReLU, SplineActivation
 from snf_tf.layers.base import FlowLayer
 from snf_tf.layers.glow import ActNorm, AffineCoupling, Conv1x1, SplitPrior
+from snf_tf.layers.preprocess import Dequantize, Logit, Normalize
+from snf_tf.layers.reshape import Flatten, Reshape, Squeeze
 from snf_tf.layers.selfnorm import SelfNormConv2D, SelfNormDense
 
 __all__ = [
     "ActNorm",
     "AffineCoupling",
     "Conv1x1",
+    "Dequantize",
+    "Flatten",
     "FlowLayer",
+    "LearnableLeakyReLU",
+    "Logit",
+    "Normalize",
+    "Reshape",
     "SelfNormConv2D",
     "SelfNormDense",
+    "SmoothLeakyReLU",
+    "SplineActivation",
     "SplitPrior",
+    "Squeeze",
 ]

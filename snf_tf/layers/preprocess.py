@@ -1,0 +1,236 @@
+"""Preprocessing as flow layers: dequantization, affine normalisation and the logit transform.
+
+Keller et al., ICML 2021, common image pipeline (PAPER.md §3): uint8 pixels ``x ∈ {0..255}^D`` →
+``Dequantize`` (x + u) → ``Normalize(0, 256)`` (x / 256) → ``Normalize.logit_prescaling(1e-6)``
+((x + α)(1 − 2α)) → ``Logit``. Their log-dets count in the likelihood, so the NLL is in nats of the
+density on ``[0, 256)^D``.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from snf_tf.layers.base import FlowLayer
+
+__all__ = ["Dequantize", "Normalize", "Logit"]
+
+
+class _FixedShapeFlowLayer(FlowLayer):
+    """A flow layer that accepts inputs of any rank ≥ 2 and is then fixed to the built shape.
+
+    ``build`` records the per-example shape (``event_shape``; ``None`` for unknown dims) and later
+    inputs must have the same rank and the same known dims, so a mis-assembled model fails with a
+    clear ``ValueError`` instead of a shape error deep inside TensorFlow.
+    """
+
+    #: whether the per-example dims must be known at build time
+    _needs_known_shape = False
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"{self.name}: inputs need a batch axis and at least one feature axis "
+                f"(rank >= 2), got shape {input_shape}."
+            )
+        if self.input_rank is not None and len(input_shape) != self.input_rank:
+            raise ValueError(
+                f"{self.name}: inputs must have rank {self.input_rank} "
+                f"({self._layout_description()}), got shape {input_shape}."
+            )
+        if self._needs_known_shape and any(d is None for d in input_shape[1:]):
+            raise ValueError(
+                f"{self.name}: {type(self).__name__} needs a fully known per-example shape, "
+                f"got {input_shape}."
+            )
+        self.event_shape = tuple(None if d is None else int(d) for d in input_shape[1:])
+        self._build_for_shape(self.event_shape)
+        self.built = True
+
+    def _build_for_shape(self, event_shape):
+        """Hook: create weights / validate sizes for the per-example shape."""
+
+    def _expected_shape(self, name):
+        """Per-example shape that ``name`` ("x" or "z") must have."""
+        return self.event_shape
+
+    def _check_shape(self, shape, name):
+        _check_event_shape(self, shape, name, self._expected_shape(name))
+
+
+def _check_event_shape(layer, shape, name, expected):
+    """``ValueError`` unless ``shape`` is ``[batch] + expected`` (``None`` matches anything)."""
+    shape = tuple(shape)
+    if len(shape) != len(expected) + 1:
+        raise ValueError(
+            f"{layer.name}: {name} must have rank {len(expected) + 1} (batch axis + per-example "
+            f"shape {expected}, as built), got shape {shape}."
+        )
+    for got, want in zip(shape[1:], expected):
+        if got is not None and want is not None and got != want:
+            raise ValueError(
+                f"{layer.name}: {name} has per-example shape {shape[1:]} but the layer was built "
+                f"for {expected}; use one layer per input shape."
+            )
+
+
+def _batch_broadcast(value, x):
+    """A per-example scalar ``value`` as a ``[batch]`` vector."""
+    return tf.broadcast_to(tf.cast(value, x.dtype), tf.shape(x)[:1])
+
+
+def _num_features(x):
+    """D = number of elements per example, as a scalar of ``x``'s dtype."""
+    return tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
+
+
+def _sum_per_example(values):
+    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class Dequantize(_FixedShapeFlowLayer):
+    r"""Uniform dequantization ``z = x + u``, ``u ~ U[0, 1)^D``, with log-det 0.
+
+    Keller et al., ICML 2021 (PAPER.md §3, step 2; reference ``Dequantization`` with a uniform
+    noise distribution, ``log q(u) = 0``). Turns integer data into a continuous variable whose
+    density on ``[0, 256)^D`` lower-bounds the discrete likelihood:
+
+    .. math::
+        \log P(x) \ge \mathbb{E}_{u}\,\log p(x + u),\qquad \log|\det ∂z/∂x| = 0.
+
+    When noise is added: ``forward(x, training=True)``, or always when the layer is built with
+    ``always=True``, or per call with ``add_noise=True/False`` (overrides both). With the defaults,
+    ``evaluate``/``log_prob`` (``training=False``) score the grid points ``x`` themselves — the
+    reference instead draws one noise sample at evaluation too; use ``always=True`` to match it.
+
+    The inverse is the identity: the dequantized value is kept (the data model is continuous; the
+    reference's ``floor`` would make ``inverse∘forward`` a projection, not a bijection).
+
+    Accepts integer inputs (e.g. uint8 images), which are cast to the layer's compute dtype.
+
+    Args:
+        always: add noise also when not training.
+        seed: int or ``None``; seeds the layer's ``keras.random.SeedGenerator``.
+    """
+
+    def __init__(self, always=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(always, bool):
+            raise ValueError(f"Dequantize: always must be a bool, got {always!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Dequantize: seed must be an int or None, got {seed!r}.")
+        self.always = always
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _check_input(self, x, name="x"):
+        if not tf.is_tensor(x):
+            x = tf.convert_to_tensor(x)
+        if x.dtype.is_integer:
+            x = tf.cast(x, self.compute_dtype)
+        elif not x.dtype.is_floating:
+            raise ValueError(
+                f"{self.name}: {name} must be a floating-point or integer tensor, "
+                f"got dtype {x.dtype.name}."
+            )
+        return super()._check_input(x, name)
+
+    def forward(self, x, exact=False, training=False, add_noise=None):
+        """``(x + u, 0)``; noise when ``add_noise`` is True, or (if it is None) when training or
+        ``always``."""
+        x = self._check_input(x)
+        noisy = (bool(training) or self.always) if add_noise is None else bool(add_noise)
+        if noisy:
+            x = x + keras.random.uniform(tf.shape(x), minval=0.0, maxval=1.0, dtype=x.dtype,
+                                         seed=self.seed_generator)
+        return x, tf.zeros(tf.shape(x)[:1], dtype=x.dtype)
+
+    def inverse(self, z, exact=False):
+        """Identity: the continuous value is the data (see the class docstring)."""
+        return self._check_input(z, "z")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(always=self.always, seed=self.seed)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class Normalize(_FixedShapeFlowLayer):
+    r"""Fixed affine map ``z = (x − translation) / scale`` with ``log|det| = −D·log(scale)``.
+
+    Keller et al., ICML 2021 (PAPER.md §3, steps 3-4; reference ``Normalization(translation,
+    scale)``). The paper's pipeline uses two of them:
+
+    - ``Normalize(0, 256)``: ``z = x / 256``, log-det ``−D·log 256``;
+    - ``Normalize.logit_prescaling(α=1e-6)`` = ``Normalize(−α, 1/(1−2α))``:
+      ``z = (x + α)(1 − 2α)``, log-det ``D·log(1 − 2α)``.
+
+    The second is the reference's **nonstandard** logit pre-scaling: the usual one is
+    ``α + (1 − 2α)x``; ``(x + α)(1 − 2α)`` maps [0, 1] into ``[α − 2α², 1 − α − 2α²]``, still inside
+    (0, 1), and is kept here because it changes the reported NLL (slightly).
+
+    Args:
+        translation: subtracted first (float).
+        scale: positive finite divisor (float).
+    """
+
+    def __init__(self, translation=0.0, scale=256.0, **kwargs):
+        super().__init__(**kwargs)
+        translation, scale = float(translation), float(scale)
+        if not math.isfinite(translation):
+            raise ValueError(f"Normalize: translation must be finite, got {translation}.")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"Normalize: scale must be positive and finite, got {scale}.")
+        self.translation = translation
+        self.scale = scale
+
+    @classmethod
+    def logit_prescaling(cls, alpha=1e-6, **kwargs):
+        """The reference's ``Normalization(−α, 1/(1−2α))``: ``z = (x + α)(1 − 2α)``."""
+        alpha = float(alpha)
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"Normalize.logit_prescaling: alpha must be in [0, 0.5), got {alpha}.")
+        return cls(translation=-alpha, scale=1.0 / (1.0 - 2.0 * alpha), **kwargs)
+
+    def forward(self, x, exact=False, training=False):
+        """``((x − t) / s, −D·log s)``."""
+        x = self._check_input(x)
+        z = (x - self.translation) * (1.0 / self.scale)
+        return z, _batch_broadcast(-math.log(self.scale) * _num_features(x), x)
+
+    def inverse(self, z, exact=False):
+        """``z·s + t``."""
+        z = self._check_input(z, "z")
+        return z * self.scale + self.translation
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(translation=self.translation, scale=self.scale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class Logit(_FixedShapeFlowLayer):
+    r"""Elementwise logit ``z = log x − log(1 − x)`` on ``(0, 1)^D``; inverse: the sigmoid.
+
+    Keller et al., ICML 2021 (PAPER.md §3, step 5; reference ``LogitTransform``):
+
+    .. math::
+        \log|\det ∂z/∂x| = \sum_i \bigl(−\log x_i − \log(1 − x_i)\bigr).
+
+    Inputs outside (0, 1) give NaN/inf (not checked at run time; precede the layer with
+    ``Normalize.logit_prescaling`` so that 0 and 1 stay away from the boundary).
+    """
+
+    def forward(self, x, exact=False, training=False):
+        """``(log x − log(1−x), Σ −log x − log(1−x))``."""
+        x = self._check_input(x)
+        log_x, log_1mx = tf.math.log(x), tf.math.log1p(-x)
+        return log_x - log_1mx, _sum_per_example(-log_x - log_1mx)
+
+    def inverse(self, z, exact=False):
+        """``sigmoid(z)``."""
+        return tf.math.sigmoid(self._check_input(z, "z"))
