@@ -1,0 +1,97 @@
+"""The paper's architectures as ready-made ``FlowModel``s (PAPER.md §4, reference hyperparameters).
+
+All models start with the common preprocessing of the reference (PAPER.md §3): uniform
+dequantization (one noise sample, also at evaluation, as the reference), ``x/256``, the reference's
+logit pre-scaling ``(x + α)(1 − 2α)`` and a logit; their log-dets count in the likelihood.
+"""
+
+from snf_tf import layers as L
+from snf_tf.model import FlowModel
+
+__all__ = ["preprocessing", "fc_flow", "conv_flow", "glow", "CONV_LAYERS"]
+
+
+def preprocessing(alpha=1e-6, seed=None):
+    """Dequantize → /256 → (x + α)(1 − 2α) → logit, as flow layers."""
+    return [L.Dequantize(always=True, seed=seed), L.Normalize(0.0, 256.0),
+            L.Normalize.logit_prescaling(alpha), L.Logit()]
+
+
+def _check_choice(value, choices, what):
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {tuple(choices)}, got {value!r}.")
+
+
+def fc_flow(gradient="self_normalized", num_layers=2, alpha=0.3, reconstruction_weight=None,
+            seed=None, name="fc_flow"):
+    """FC flow of Table 1: Flatten, then ``num_layers`` square dense layers with Smooth Leaky ReLU
+    (α = 0.3) between them. ``gradient``: ``"self_normalized"`` (SNF FC, λ = 1), ``"exact"`` (Exact
+    Gradient FC) or ``"relative"`` (Relative Grad. FC, Gresele et al. 2020)."""
+    _check_choice(gradient, ("self_normalized", "exact", "relative"), "gradient")
+    if reconstruction_weight is None:
+        reconstruction_weight = 1.0 if gradient == "self_normalized" else 0.0
+    flow = preprocessing(seed=seed) + [L.Flatten()]
+    for i in range(num_layers):
+        if i:
+            flow.append(L.SmoothLeakyReLU(alpha))
+        flow.append(L.SelfNormDense(gradient=gradient, reconstruction_weight=reconstruction_weight))
+    return FlowModel(flow, name=name)
+
+
+CONV_LAYERS = ("selfnorm", "exact", "emerging", "exponential")
+
+
+def _conv_layer(kind, reconstruction_weight):
+    if kind == "selfnorm":
+        return L.SelfNormConv2D(3, reconstruction_weight=reconstruction_weight)
+    if kind == "exact":
+        return L.SelfNormConv2D(3, gradient="exact", reconstruction_weight=0.0)
+    if kind == "emerging":
+        return L.EmergingConv2D()
+    return L.ConvExponential()
+
+
+def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_weight=1.0,
+              seed=None, name="conv_flow"):
+    """Conv flow of Table 1: ``num_blocks`` blocks of ``convs_per_block`` C→C 3×3 flow convs with a
+    per-element spline activation after every conv but the last, and a Squeeze between blocks
+    (MNIST: 1×28² → 4×14² → 16×7²). ``layer``: ``"selfnorm"`` (SNF Conv), ``"exact"`` (Exact
+    Gradient Conv), ``"emerging"`` (Hoogeboom et al. 2019) or ``"exponential"`` (Conv. Exponential,
+    Hoogeboom et al. 2020)."""
+    _check_choice(layer, CONV_LAYERS, "layer")
+    flow = preprocessing(seed=seed)
+    total = num_blocks * convs_per_block
+    for i in range(total):
+        if i and i % convs_per_block == 0:
+            flow.append(L.Squeeze())
+        flow.append(_conv_layer(layer, reconstruction_weight))
+        if i < total - 1:
+            flow.append(L.SplineActivation())
+    return FlowModel(flow, name=name)
+
+
+def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512, kernel_size=1,
+         reconstruction_weight=100.0, split_hidden_channels=None, seed=None, name="glow"):
+    """Glow of Table 1 / Table 2: per block a Squeeze, then ``steps_per_block`` steps
+    [ActNorm, invertible conv, affine coupling], and a SplitPrior after every block but the last.
+
+    ``conv="selfnorm"``: ``SelfNormConv2D(kernel_size)`` (SNF Glow; λ = 100 on MNIST, 1000 on
+    CIFAR-10/ImageNet32); ``conv="exact"``: the exact Glow 1×1 conv (``Conv1x1``). MNIST uses
+    2 blocks × 16 steps, CIFAR-10 3 × 32, ImageNet32 3 × 48; the GECO model 2 × 4 with 5×5 SNF
+    convs and width 16.
+    """
+    _check_choice(conv, ("selfnorm", "exact"), "conv")
+    if conv == "exact" and kernel_size != 1:
+        raise ValueError("the exact Glow baseline has 1×1 convs only; use conv='selfnorm'.")
+    split_hidden_channels = split_hidden_channels or hidden_channels
+    flow = preprocessing(seed=seed)
+    for block in range(num_blocks):
+        flow.append(L.Squeeze())
+        for _ in range(steps_per_block):
+            flow.append(L.ActNorm())
+            flow.append(L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight)
+                        if conv == "selfnorm" else L.Conv1x1())
+            flow.append(L.AffineCoupling(hidden_channels))
+        if block < num_blocks - 1:
+            flow.append(L.SplitPrior(split_hidden_channels))
+    return FlowModel(flow, name=name)
