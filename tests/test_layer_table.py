@@ -59,6 +59,8 @@ CASES = [
     Case("SplitPrior", lambda: L.SplitPrior(hidden_channels=6, dtype="float64"), (3, 3, 4),
          perturb=0.1, square_jacobian=False,
          inverse_kwargs=lambda layer, x: {"dropped": layer.split(x)[1]}),
+    Case("EmergingConv2D", lambda: L.EmergingConv2D(dtype="float64"), (4, 4, 2)),
+    Case("ConvExponential", lambda: L.ConvExponential(dtype="float64"), (3, 5, 3)),
     Case("Dequantize", lambda: L.Dequantize(dtype="float64"), (4, 4, 1), sample=_pixels((4, 4, 1)),
          accepts_integers=True),
     Case("Normalize", lambda: L.Normalize(dtype="float64"), (4, 4, 1), sample=_pixels((4, 4, 1))),

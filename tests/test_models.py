@@ -75,6 +75,8 @@ def test_glow_structure_mnist_and_cifar():
     lambda: models.fc_flow("relative"),
     lambda: models.conv_flow("selfnorm", num_blocks=2, convs_per_block=1),
     lambda: models.conv_flow("exact", num_blocks=2, convs_per_block=1),
+    lambda: models.conv_flow("emerging", num_blocks=2, convs_per_block=1),
+    lambda: models.conv_flow("exponential", num_blocks=2, convs_per_block=1),
     lambda: models.glow("exact", steps_per_block=1, hidden_channels=8),
     lambda: models.glow("selfnorm", steps_per_block=1, hidden_channels=8, kernel_size=5),
 ])

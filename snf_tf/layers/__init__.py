@@ -2,6 +2,8 @@
 
 from snf_tf.layers.activations import LearnableLeakyReLU, SmoothLeakyReLU, SplineActivation
 from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.convexp import ConvExponential
+from snf_tf.layers.emerging import EmergingConv2D
 from snf_tf.layers.glow import ActNorm, AffineCoupling, Conv1x1, SplitPrior
 from snf_tf.layers.preprocess import Dequantize, Logit, Normalize
 from snf_tf.layers.reshape import Flatten, Reshape, Squeeze
@@ -11,7 +13,9 @@ __all__ = [
     "ActNorm",
     "AffineCoupling",
     "Conv1x1",
+    "ConvExponential",
     "Dequantize",
+    "EmergingConv2D",
     "Flatten",
     "FlowLayer",
     "LearnableLeakyReLU",
