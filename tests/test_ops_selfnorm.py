@@ -40,8 +40,30 @@ def test_value_zero_has_zero_value_and_the_gradient_of_its_argument():
     np.testing.assert_allclose(tape.gradient(out, v), 3 * v.numpy() ** 2)
 
 
-def test_relative_surrogate_gradient_is_the_kernel():
+def test_relative_surrogate_is_zero_with_the_kernel_as_gradient():
     k = tf.Variable(np.random.default_rng(1).standard_normal((4, 4)))
     with tf.GradientTape() as tape:
-        t = ops.relative_log_det_surrogate(k)
-    np.testing.assert_allclose(tape.gradient(t, k), k.numpy())
+        t = 3.0 * ops.relative_log_det_surrogate(k)
+    assert float(t) == 0.0
+    np.testing.assert_allclose(tape.gradient(t, k), 3.0 * k.numpy())
+
+
+def test_dense_and_conv_surrogates_are_zero_with_the_paper_gradients():
+    rng = np.random.default_rng(2)
+    k, r = tf.Variable(rng.standard_normal((3, 3))), tf.Variable(rng.standard_normal((3, 3)))
+    with tf.GradientTape() as tape:
+        t = 2.0 * ops.dense_log_det_surrogate(k, r)
+    assert float(t) == 0.0
+    dk, dr = tape.gradient(t, [k, r])
+    np.testing.assert_allclose(dk, r.numpy().T)
+    np.testing.assert_allclose(dr, -k.numpy().T)
+    kc = tf.Variable(rng.standard_normal((3, 3, 2, 2)))
+    rc = tf.Variable(rng.standard_normal((3, 3, 2, 2)))
+    m = ops.tap_counts(3, 4, 5)
+    with tf.GradientTape() as tape:
+        t = ops.conv_log_det_surrogate(kc, rc, m)
+    assert float(t) == 0.0
+    dk, dr = tape.gradient(t, [kc, rc])
+    flip = lambda a: np.transpose(a[::-1, ::-1], (0, 1, 3, 2))  # noqa: E731
+    np.testing.assert_allclose(dk, 0.5 * m * flip(rc.numpy()))
+    np.testing.assert_allclose(dr, -0.5 * m * flip(kc.numpy()))

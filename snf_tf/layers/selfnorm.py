@@ -165,7 +165,7 @@ class _SelfNormLayer(FlowLayer):
         else:
             if self.gradient == "relative":
                 z = sn_ops.relative_dense(x, kernel, bias)
-                log_det = sn_ops.value_zero(sn_ops.relative_log_det_surrogate(kernel))
+                log_det = sn_ops.relative_log_det_surrogate(kernel)
             else:
                 inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
                 fuse = training and self.uses_reconstruction and self.reconstruction == "default"
@@ -175,7 +175,7 @@ class _SelfNormLayer(FlowLayer):
                     recon = fused if fuse else self.reconstruction_loss(x)
                     self.last_reconstruction_error.assign(
                         tf.stop_gradient(recon) / tf.convert_to_tensor(self.reconstruction_weight))
-                log_det = sn_ops.value_zero(self._log_det_surrogate(kernel, inverse_kernel))
+                log_det = self._log_det_surrogate(kernel, inverse_kernel)
             if exact:
                 log_det = log_det + tf.stop_gradient(self.exact_log_abs_det())
         return z, tf.broadcast_to(log_det, tf.shape(x)[:1]), recon
