@@ -14,6 +14,7 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster SNF steps on AVX2 CPUs (README)
 
 import keras  # noqa: E402
 

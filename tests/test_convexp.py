@@ -281,7 +281,7 @@ BAD_INPUT = [
     ("integer input", lambda l: l.forward(tf.zeros((1, 4, 4, 2), tf.int32)), "floating-point"),
     ("integer inverse", lambda l: l.inverse(np.zeros((1, 4, 4, 2), np.int64)), "floating-point"),
     ("bad inverse terms", lambda l: l.inverse(tf.zeros((1, 4, 4, 2)), terms=0), "terms"),
-    ("unknown size", lambda l: ConvExponential().build((None, 4, None, 2)), "known H, W, C"),
+    ("unknown size", lambda l: ConvExponential().build((None, 4, None, 2)), "fully known"),
     ("zero train terms", lambda l: ConvExponential(train_terms=0), "train_terms"),
     ("float eval terms", lambda l: ConvExponential(eval_terms=13.0), "eval_terms"),
     ("negative coeff", lambda l: ConvExponential(spectral_coeff=-0.9), "spectral_coeff"),

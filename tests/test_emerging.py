@@ -265,7 +265,7 @@ BAD_INPUT = [
     ("spatial mismatch", lambda l: l.forward(tf.zeros((1, 5, 4, 2))), "spatial"),
     ("integer input", lambda l: l.forward(tf.zeros((1, 4, 4, 2), tf.int32)), "floating-point"),
     ("integer inverse", lambda l: l.inverse(np.zeros((1, 4, 4, 2), np.int64)), "floating-point"),
-    ("unknown size", lambda l: EmergingConv2D().build((None, None, None, 2)), "known H, W, C"),
+    ("unknown size", lambda l: EmergingConv2D().build((None, None, None, 2)), "fully known"),
     ("mixed precision", lambda l: EmergingConv2D(dtype="mixed_float16"), "mixed precision"),
 ]
 

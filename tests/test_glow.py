@@ -252,12 +252,19 @@ def test_bad_input_raises_a_clear_value_error(name, action, message):
         action()
 
 
-def test_conv1x1_under_xla_raises_a_clear_error():
-    layer = _built(Conv1x1(), (None, 3, 3, 2))
+def test_conv1x1_compiles_with_xla_and_its_log_det_gradient_is_w_inverse_transpose():
+    rng = np.random.default_rng(0)
+    layer = _built(Conv1x1(dtype="float64"), (None, 3, 3, 2))
+    layer.kernel.assign(rng.standard_normal((1, 1, 2, 2)) + np.eye(2))
     compiled = tf.function(lambda x: layer.forward(x)[1], jit_compile=True)
-    with pytest.raises(ValueError, match="XLA"):
-        compiled(tf.zeros((1, 3, 3, 2)))
-    assert layer.supports_jit is False
+    w = layer.kernel.numpy()[0, 0]
+    np.testing.assert_allclose(compiled(tf.zeros((1, 3, 3, 2), tf.float64)),
+                               [9 * np.linalg.slogdet(w)[1]], rtol=1e-12)
+    with tf.GradientTape() as tape:
+        value = layer.log_abs_det()
+    np.testing.assert_allclose(tape.gradient(value, layer.kernel)[0, 0], np.linalg.inv(w).T,
+                               rtol=1e-10)
+    assert layer.supports_jit
 
 
 # -- quirks ------------------------------------------------------------------------------------------
@@ -404,9 +411,8 @@ def test_model_fit_trains_a_tiny_glow_step():
     data = _data((4, 4, 4), seed=16, batch=48).astype("float32")
     layers = [ActNorm(), Conv1x1(), AffineCoupling(hidden_channels=8)]
     model = TinyFlow(layers)
-    with pytest.warns(UserWarning, match="jit_compile"):  # Conv1x1: slogdet has no XLA kernel
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)
-    assert model.jit_compile is False
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=True)  # QR log-det: XLA ok
+    assert model.jit_compile is True
     history = model.fit(data, batch_size=16, epochs=3, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -116,6 +116,23 @@ def test_round_trip(case):
     np.testing.assert_allclose(layer.inverse(z, exact=True, **extra), x, atol=case.inverse_atol)
 
 
+LEARNED = [c for c in CASES if getattr(c.make(), "learns_inverse", False)]
+
+
+@pytest.mark.parametrize("case", LEARNED, ids=[c.name for c in LEARNED])
+def test_learned_inverse_applies_r(case):
+    """``inverse(z)`` of a layer with a learned inverse is R applied to ``z − b`` (not W⁻¹)."""
+    layer = _built(case)
+    z = _inputs(case, 4, seed=6)
+    r, b = layer.inverse_kernel.numpy(), layer.bias.numpy()
+    expected = ((z - b) @ r if z.ndim == 2
+                else tf.nn.conv2d(z - b, r, strides=1, padding="SAME").numpy())
+    np.testing.assert_allclose(layer.inverse(z), expected, rtol=1e-12, atol=1e-12)
+    exact = layer.inverse(z, exact=True)
+    assert np.abs(exact - expected).max() > 1e-6  # R was moved off W⁻¹: the two must differ
+    np.testing.assert_allclose(layer.forward(exact)[0], z, atol=1e-8)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_log_det_equals_slogdet_of_autodiff_jacobian(case):
     if not case.square_jacobian:

@@ -529,7 +529,7 @@ BAD_INPUT = [
     ("relative conv", lambda: SelfNormConv2D(3, gradient="relative"), "gradient"),
     ("negative lambda", lambda: SelfNormDense(reconstruction_weight=-1), "reconstruction_weight"),
     ("unknown reconstruction", lambda: SelfNormDense(reconstruction="both"), "reconstruction"),
-    ("unknown spatial size", lambda: SelfNormConv2D(3).build((None, None, None, 2)), "known H, W, C"),
+    ("unknown spatial size", lambda: SelfNormConv2D(3).build((None, None, None, 2)), "fully known"),
     ("inverse error without R", lambda: _built(SelfNormDense(gradient="exact"), (None, 3)).inverse_error(),
      "learned inverse"),
 ]

@@ -12,13 +12,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from snf_tf.layers.preprocess import _FixedShapeFlowLayer
+from snf_tf.layers.base import FixedShapeFlowLayer, sum_per_example
 
 __all__ = ["SmoothLeakyReLU", "LearnableLeakyReLU", "SplineActivation"]
-
-
-def _sum_per_example(values):
-    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
 
 
 def _positive_int(value, what, owner):
@@ -28,7 +24,7 @@ def _positive_int(value, what, owner):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class SmoothLeakyReLU(_FixedShapeFlowLayer):
+class SmoothLeakyReLU(FixedShapeFlowLayer):
     r"""Smooth leaky ReLU ``f(x) = αx + (1 − α)·softplus(x)``, inverse by Newton's method.
 
     Keller et al., ICML 2021 (PAPER.md §6; reference ``SmoothLeakyRelu``, α = 0.3 in the FC
@@ -74,7 +70,7 @@ class SmoothLeakyReLU(_FixedShapeFlowLayer):
     def forward(self, x, exact=False, training=False):
         """``(f(x), Σ log f′(x))``."""
         x = self._check_input(x)
-        return self._activation(x), _sum_per_example(tf.math.log(self._derivative(x)))
+        return self._activation(x), sum_per_example(tf.math.log(self._derivative(x)))
 
     def _newton_inverse(self, y):
         """``(x, steps taken, last max |step|)`` of the Newton iteration for ``f(x) = y``."""
@@ -105,7 +101,7 @@ class SmoothLeakyReLU(_FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class LearnableLeakyReLU(_FixedShapeFlowLayer):
+class LearnableLeakyReLU(FixedShapeFlowLayer):
     r"""Leaky ReLU with one learnable slope per layer, ``f(x) = x`` (x ≥ 0), ``α·x`` (x < 0).
 
     Reference ``LearnableLeakyRelu`` (Keller et al., ICML 2021 code): the slope is parametrised as
@@ -150,7 +146,7 @@ class LearnableLeakyReLU(_FixedShapeFlowLayer):
         alpha = tf.cast(self.alpha, x.dtype)
         negative = x < 0
         z = tf.where(negative, alpha * x, x)
-        count = _sum_per_example(tf.cast(negative, x.dtype))
+        count = sum_per_example(tf.cast(negative, x.dtype))
         return z, count * tf.math.log(alpha)
 
     def inverse(self, z, exact=False):
@@ -165,7 +161,7 @@ class LearnableLeakyReLU(_FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class SplineActivation(_FixedShapeFlowLayer):
+class SplineActivation(FixedShapeFlowLayer):
     r"""Elementwise rational-quadratic spline with its own parameters for every input element.
 
     Keller et al., ICML 2021 (PAPER.md §6; reference ``SplineActivation(individual_weights=True)``
@@ -256,7 +252,7 @@ class SplineActivation(_FixedShapeFlowLayer):
         x = self._check_input(x)
         spline = self._bijector(x.dtype)
         z = spline.forward(x)
-        log_det = _sum_per_example(spline.forward_log_det_jacobian(x, event_ndims=0))
+        log_det = sum_per_example(spline.forward_log_det_jacobian(x, event_ndims=0))
         return z, log_det
 
     def inverse(self, z, exact=False):

@@ -3,7 +3,8 @@
 import keras
 import tensorflow as tf
 
-__all__ = ["FlowLayer", "in_xla_context"]
+__all__ = ["FixedShapeFlowLayer", "FlowLayer", "check_event_shape", "in_xla_context",
+           "reject_mixed_precision", "sum_per_example"]
 
 
 def in_xla_context():
@@ -77,7 +78,8 @@ class FlowLayer(keras.layers.Layer):
         return tf.cast(x, self.compute_dtype)
 
     def _layout_description(self):
-        return "batch first"
+        return {2: "[batch, D]", 4: "NHWC: [batch, height, width, channels]"}.get(
+            self.input_rank, "batch first")
 
     def _check_shape(self, shape, name):
         """Hook: raise ``ValueError`` if ``shape`` does not match the built layer."""
@@ -87,3 +89,89 @@ class FlowLayer(keras.layers.Layer):
         if _outside_keras_call():
             self._clear_losses()
         self.add_loss(loss)
+
+
+def sum_per_example(values):
+    """Sum over every non-batch axis: ``[batch, ...] → [batch]``."""
+    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
+
+
+def reject_mixed_precision(layer):
+    """``ValueError`` for a mixed-precision dtype policy: log-dets (slogdet, sums of logs) and exact
+    inverses need the weights' own precision."""
+    policy = layer.dtype_policy
+    if policy.compute_dtype != policy.variable_dtype:
+        raise ValueError(
+            f"{type(layer).__name__}: mixed precision ({policy.name}) is not supported: the log-det "
+            "and the exact inverse need the weights' precision. Use float32 or float64."
+        )
+
+
+def check_event_shape(layer, shape, name, expected):
+    """``ValueError`` unless ``shape`` is ``[batch] + expected`` (``None`` matches anything)."""
+    shape = tuple(shape)
+    if len(shape) != len(expected) + 1:
+        raise ValueError(
+            f"{layer.name}: {name} must have rank {len(expected) + 1} (batch axis + per-example "
+            f"shape {expected}, as built), got shape {shape}."
+        )
+    got = shape[1:]
+    if all(g is None or w is None or g == w for g, w in zip(got, expected)):
+        return
+    detail = ""
+    if len(expected) == 1:
+        detail = f": {got[0]} features instead of D = {expected[0]}"
+    elif len(expected) == 3 and None not in (got[-1], expected[-1]) and got[-1] != expected[-1]:
+        detail = f": {got[-1]} channels instead of C = {expected[-1]} (NHWC)"
+    elif len(expected) == 3:
+        detail = (f": spatial size {got[:2]} instead of {expected[:2]} (the log-det depends on "
+                  "H×W)")
+    raise ValueError(
+        f"{layer.name}: {name} has per-example shape {got} but the layer was built for "
+        f"{expected}{detail}. Use one layer per input shape."
+    )
+
+
+class FixedShapeFlowLayer(FlowLayer):
+    """A flow layer fixed at build time to one per-example shape, ``event_shape``.
+
+    ``build`` records it (``None`` for dims left free) and calls ``_build_for_shape``; later inputs
+    must have the same rank and the same known dims, so a mis-assembled model fails with a clear
+    ``ValueError`` instead of a shape error deep inside TensorFlow.
+    """
+
+    #: whether every per-example dim must be known at build time
+    _needs_known_shape = False
+
+    def build(self, input_shape):
+        self._build_for_shape(self._record_event_shape(input_shape))
+
+    def _record_event_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"{self.name}: inputs need a batch axis and at least one feature axis "
+                f"(rank >= 2), got shape {input_shape}."
+            )
+        if self.input_rank is not None and len(input_shape) != self.input_rank:
+            raise ValueError(
+                f"{self.name}: inputs must have rank {self.input_rank} "
+                f"({self._layout_description()}), got shape {input_shape}."
+            )
+        if self._needs_known_shape and any(d is None for d in input_shape[1:]):
+            raise ValueError(
+                f"{self.name}: {type(self).__name__} needs a fully known per-example shape "
+                f"({self._layout_description()}), got {input_shape}."
+            )
+        self.event_shape = tuple(None if d is None else int(d) for d in input_shape[1:])
+        return self.event_shape
+
+    def _build_for_shape(self, event_shape):
+        """Hook: create weights / validate sizes for the per-example shape."""
+
+    def _expected_shape(self, name):
+        """Per-example shape that ``name`` ("x" or "z") must have."""
+        return self.event_shape
+
+    def _check_shape(self, shape, name):
+        check_event_shape(self, shape, name, self._expected_shape(name))

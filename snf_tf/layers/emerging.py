@@ -13,56 +13,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.base import FixedShapeFlowLayer, reject_mixed_precision
+from snf_tf.ops.linalg import log_abs_det_qr
 
 __all__ = ["EmergingConv2D"]
 
 
-class _ImageFlowLayer(FlowLayer):
-    """NHWC flow layer built for one known ``(H, W, C)``; rejects other shapes clearly."""
+class _ImageFlowLayer(FixedShapeFlowLayer):
+    """NHWC flow layer fixed to one known H×W×C (its log-det depends on H·W); full precision."""
 
     input_rank = 4
+    _needs_known_shape = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        policy = self.dtype_policy
-        if policy.compute_dtype != policy.variable_dtype:
-            raise ValueError(
-                f"{type(self).__name__}: mixed precision ({policy.name}) is not supported: the "
-                "log-det and the exact inverse need the weights' precision. Use float32 or float64."
-            )
+        reject_mixed_precision(self)
 
     def _set_spatial_shape(self, input_shape):
-        if len(input_shape) != 4 or any(d is None for d in input_shape[1:]):
-            raise ValueError(
-                f"{self.name}: {type(self).__name__} needs NHWC inputs with known H, W, C, "
-                f"got {tuple(input_shape)}."
-            )
-        self.spatial_shape = tuple(int(d) for d in input_shape[1:])
-        return self.spatial_shape
+        return self._record_event_shape(input_shape)
 
-    def _layout_description(self):
-        return "NHWC: [batch, height, width, channels]"
-
-    def _check_shape(self, shape, name):
-        got = tuple(shape[1:])
-        if shape[-1] is not None and shape[-1] != self.spatial_shape[-1]:
-            raise ValueError(
-                f"{self.name}: {name} has {shape[-1]} channels but the layer was built for "
-                f"C = {self.spatial_shape[-1]} (NHWC, C → C)."
-            )
-        if got[:2] != self.spatial_shape[:2] and None not in got[:2]:
-            raise ValueError(
-                f"{self.name}: {name} has spatial size {got[:2]} but the layer was built for "
-                f"{self.spatial_shape[:2]}; the log-det depends on H×W, use one layer per size."
-            )
-
-
-def _qr_log_abs_det(matrix):
-    """``log|det A|`` as ``Σ log|diag R|`` of ``A = QR``: differentiable and, unlike slogdet,
-    compilable with XLA, so layers using it keep ``jit_compile`` available."""
-    r = tf.linalg.qr(matrix)[1]
-    return tf.reduce_sum(tf.math.log(tf.abs(tf.linalg.diag_part(r))))
+    @property
+    def spatial_shape(self):
+        return self.event_shape
 
 
 class _ExactConv1x1(_ImageFlowLayer):
@@ -80,7 +52,7 @@ class _ExactConv1x1(_ImageFlowLayer):
 
     def log_abs_det(self):
         height, width, _ = self.spatial_shape
-        return height * width * _qr_log_abs_det(tf.convert_to_tensor(self.kernel))
+        return height * width * log_abs_det_qr(tf.convert_to_tensor(self.kernel))
 
     def forward(self, x, exact=False, training=False):
         x = self._check_input(x)

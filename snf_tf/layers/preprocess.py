@@ -11,68 +11,9 @@ import math
 import keras
 import tensorflow as tf
 
-from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.base import FixedShapeFlowLayer, sum_per_example
 
 __all__ = ["Dequantize", "Normalize", "Logit"]
-
-
-class _FixedShapeFlowLayer(FlowLayer):
-    """A flow layer that accepts inputs of any rank ≥ 2 and is then fixed to the built shape.
-
-    ``build`` records the per-example shape (``event_shape``; ``None`` for unknown dims) and later
-    inputs must have the same rank and the same known dims, so a mis-assembled model fails with a
-    clear ``ValueError`` instead of a shape error deep inside TensorFlow.
-    """
-
-    #: whether the per-example dims must be known at build time
-    _needs_known_shape = False
-
-    def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) < 2:
-            raise ValueError(
-                f"{self.name}: inputs need a batch axis and at least one feature axis "
-                f"(rank >= 2), got shape {input_shape}."
-            )
-        if self.input_rank is not None and len(input_shape) != self.input_rank:
-            raise ValueError(
-                f"{self.name}: inputs must have rank {self.input_rank} "
-                f"({self._layout_description()}), got shape {input_shape}."
-            )
-        if self._needs_known_shape and any(d is None for d in input_shape[1:]):
-            raise ValueError(
-                f"{self.name}: {type(self).__name__} needs a fully known per-example shape, "
-                f"got {input_shape}."
-            )
-        self.event_shape = tuple(None if d is None else int(d) for d in input_shape[1:])
-        self._build_for_shape(self.event_shape)
-        self.built = True
-
-    def _build_for_shape(self, event_shape):
-        """Hook: create weights / validate sizes for the per-example shape."""
-
-    def _expected_shape(self, name):
-        """Per-example shape that ``name`` ("x" or "z") must have."""
-        return self.event_shape
-
-    def _check_shape(self, shape, name):
-        _check_event_shape(self, shape, name, self._expected_shape(name))
-
-
-def _check_event_shape(layer, shape, name, expected):
-    """``ValueError`` unless ``shape`` is ``[batch] + expected`` (``None`` matches anything)."""
-    shape = tuple(shape)
-    if len(shape) != len(expected) + 1:
-        raise ValueError(
-            f"{layer.name}: {name} must have rank {len(expected) + 1} (batch axis + per-example "
-            f"shape {expected}, as built), got shape {shape}."
-        )
-    for got, want in zip(shape[1:], expected):
-        if got is not None and want is not None and got != want:
-            raise ValueError(
-                f"{layer.name}: {name} has per-example shape {shape[1:]} but the layer was built "
-                f"for {expected}; use one layer per input shape."
-            )
 
 
 def _batch_broadcast(value, x):
@@ -85,12 +26,8 @@ def _num_features(x):
     return tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
 
 
-def _sum_per_example(values):
-    return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
-
-
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Dequantize(_FixedShapeFlowLayer):
+class Dequantize(FixedShapeFlowLayer):
     r"""Uniform dequantization ``z = x + u``, ``u ~ U[0, 1)^D``, with log-det 0.
 
     Keller et al., ICML 2021 (PAPER.md §3, step 2; reference ``Dequantization`` with a uniform
@@ -158,7 +95,7 @@ class Dequantize(_FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Normalize(_FixedShapeFlowLayer):
+class Normalize(FixedShapeFlowLayer):
     r"""Fixed affine map ``z = (x − translation) / scale`` with ``log|det| = −D·log(scale)``.
 
     Keller et al., ICML 2021 (PAPER.md §3, steps 3-4; reference ``Normalization(translation,
@@ -213,7 +150,7 @@ class Normalize(_FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Logit(_FixedShapeFlowLayer):
+class Logit(FixedShapeFlowLayer):
     r"""Elementwise logit ``z = log x − log(1 − x)`` on ``(0, 1)^D``; inverse: the sigmoid.
 
     Keller et al., ICML 2021 (PAPER.md §3, step 5; reference ``LogitTransform``):
@@ -229,7 +166,7 @@ class Logit(_FixedShapeFlowLayer):
         """``(log x − log(1−x), Σ −log x − log(1−x))``."""
         x = self._check_input(x)
         log_x, log_1mx = tf.math.log(x), tf.math.log1p(-x)
-        return log_x - log_1mx, _sum_per_example(-log_x - log_1mx)
+        return log_x - log_1mx, sum_per_example(-log_x - log_1mx)
 
     def inverse(self, z, exact=False):
         """``sigmoid(z)``."""

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.preprocess import _FixedShapeFlowLayer
+from snf_tf.layers.base import FixedShapeFlowLayer
 
 __all__ = ["Squeeze", "Flatten", "Reshape"]
 
@@ -22,7 +22,7 @@ def _check_latent_dtype(layer, z):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Squeeze(_FixedShapeFlowLayer):
+class Squeeze(FixedShapeFlowLayer):
     r"""2×2 space-to-channels ``[B, H, W, C] → [B, H/2, W/2, 4C]`` in the reference's channel order.
 
     Keller et al., ICML 2021 (PAPER.md §6; reference ``space_to_depth``:
@@ -103,7 +103,7 @@ class Squeeze(_FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Reshape(_FixedShapeFlowLayer):
+class Reshape(FixedShapeFlowLayer):
     r"""Reshape each example to ``target_shape`` (row-major, like ``tf.reshape``); ``log|det| = 0``.
 
     A relabelling of coordinates: ``z = vec⁻¹_{target}(vec(x))``. The input's per-example shape is

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FlowLayer, in_xla_context
+from snf_tf.layers.base import FixedShapeFlowLayer, in_xla_context, reject_mixed_precision
 from snf_tf.ops import selfnorm as sn_ops
 from snf_tf.ops import toeplitz
 
@@ -18,7 +18,7 @@ __all__ = ["SelfNormDense", "SelfNormConv2D"]
 _RECONSTRUCTIONS = ("default", "symmetric", "only_inverse")
 
 
-class _SelfNormLayer(FlowLayer):
+class _SelfNormLayer(FixedShapeFlowLayer):
     """Shared machinery: gradient modes, learned inverse, reconstruction loss, exact log-det cache.
 
     Subclasses provide ``_linear(x, kernel)`` (the bias-free map), ``_selfnorm_op``,
@@ -30,12 +30,7 @@ class _SelfNormLayer(FlowLayer):
     def __init__(self, gradient="self_normalized", reconstruction_weight=1.0,
                  reconstruction="default", **kwargs):
         super().__init__(**kwargs)
-        policy = self.dtype_policy
-        if policy.compute_dtype != policy.variable_dtype:
-            raise ValueError(
-                f"{type(self).__name__}: mixed precision ({policy.name}) is not supported: slogdet and "
-                "the learned inverse need the weights' precision. Use float32 or float64."
-            )
+        reject_mixed_precision(self)
         if gradient not in self._gradients:
             raise ValueError(
                 f"{type(self).__name__}: gradient must be one of {self._gradients}, got {gradient!r}."
@@ -249,6 +244,7 @@ class SelfNormDense(_SelfNormLayer):
     """
 
     input_rank = 2
+    _needs_known_shape = True
     _gradients = ("self_normalized", "exact", "relative")
 
     def __init__(self, units=None, gradient="self_normalized", reconstruction_weight=1.0,
@@ -260,13 +256,8 @@ class SelfNormDense(_SelfNormLayer):
             raise ValueError(f"SelfNormDense: units must be a positive int or None, got {units!r}.")
         self.units = None if units is None else int(units)
 
-    def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                f"{self.name}: SelfNormDense needs inputs of shape [batch, D] with known D, "
-                f"got {tuple(input_shape)}."
-            )
-        dim = int(input_shape[-1])
+    def _build_for_shape(self, event_shape):
+        dim = event_shape[0]
         if self.units is not None and self.units != dim:
             raise ValueError(
                 f"{self.name}: a flow layer must be square, but units={self.units} and the input "
@@ -284,16 +275,6 @@ class SelfNormDense(_SelfNormLayer):
 
     def _initial_inverse(self):
         return tf.transpose(tf.convert_to_tensor(self.kernel))
-
-    def _layout_description(self):
-        return "[batch, D]"
-
-    def _check_shape(self, shape, name):
-        if shape[-1] is not None and shape[-1] != self.units:
-            raise ValueError(
-                f"{self.name}: {name} has {shape[-1]} features but the layer was built for "
-                f"D = {self.units} (SelfNormDense is square, D → D)."
-            )
 
     def _linear(self, x, kernel):
         return tf.matmul(x, kernel)
@@ -348,6 +329,7 @@ class SelfNormConv2D(_SelfNormLayer):
     """
 
     input_rank = 4
+    _needs_known_shape = True
 
     def __init__(self, kernel_size=3, gradient="self_normalized", reconstruction_weight=1.0,
                  reconstruction="default", padding="same", strides=1, **kwargs):
@@ -373,14 +355,8 @@ class SelfNormConv2D(_SelfNormLayer):
         self.kernel_size = int(kernel_size)
         self._toeplitz = None
 
-    def build(self, input_shape):
-        if len(input_shape) != 4 or any(d is None for d in input_shape[1:]):
-            raise ValueError(
-                f"{self.name}: SelfNormConv2D needs NHWC inputs with known H, W, C, "
-                f"got {tuple(input_shape)}."
-            )
-        height, width, channels = (int(d) for d in input_shape[1:])
-        self.spatial_shape = (height, width, channels)
+    def _build_for_shape(self, event_shape):
+        height, width, channels = event_shape
         k = self.kernel_size
         shape = (k, k, channels, channels)
         if k == 1:
@@ -414,21 +390,10 @@ class SelfNormConv2D(_SelfNormLayer):
     def _initial_inverse(self):
         return sn_ops.flip_kernel(tf.convert_to_tensor(self.kernel))
 
-    def _layout_description(self):
-        return "NHWC: [batch, height, width, channels]"
-
-    def _check_shape(self, shape, name):
-        got = tuple(shape[1:])
-        if shape[-1] is not None and shape[-1] != self.spatial_shape[-1]:
-            raise ValueError(
-                f"{self.name}: {name} has {shape[-1]} channels but the layer was built for "
-                f"C = {self.spatial_shape[-1]} (NHWC, C → C)."
-            )
-        if got[:2] != self.spatial_shape[:2] and None not in got[:2]:
-            raise ValueError(
-                f"{self.name}: {name} has spatial size {got[:2]} but the layer was built for "
-                f"{self.spatial_shape[:2]}; the exact log-det depends on H×W, use one layer per size."
-            )
+    @property
+    def spatial_shape(self):
+        """``(H, W, C)`` the layer was built for."""
+        return self.event_shape
 
     def _linear(self, x, kernel):
         return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")

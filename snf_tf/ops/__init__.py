@@ -1,5 +1,6 @@
 """Pure TensorFlow functions (no Keras state): self-normalized ops and Toeplitz algebra."""
 
+from snf_tf.ops.linalg import log_abs_det_qr
 from snf_tf.ops.selfnorm import (
     conv_log_det_surrogate,
     dense_log_det_surrogate,
@@ -20,6 +21,7 @@ __all__ = [
     "conv_toeplitz",
     "dense_log_det_surrogate",
     "flip_kernel",
+    "log_abs_det_qr",
     "relative_dense",
     "relative_log_det_surrogate",
     "selfnorm_conv2d",
