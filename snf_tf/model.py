@@ -81,10 +81,15 @@ class FlowModel(keras.Model):
         return x, log_det, recon
 
     def inverse(self, z, exact=False, temperature=1.0, seed=None):
-        """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``)."""
+        """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``). Layers that
+        factored dimensions out (SplitPrior) sample them at ``temperature``; with an int ``seed``
+        the k-th of them met on the way back draws statelessly with seed ``(seed, k)``."""
+        k = 0  # the k-th factored-out layer met on the way back draws with seed (seed, k)
         for layer in reversed(self.flow_layers):
             if getattr(layer, "samples_on_inverse", False):
-                z = layer.inverse(z, exact=exact, temperature=temperature, seed=seed)
+                layer_seed = None if seed is None else (int(seed), k)
+                z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed)
+                k += 1
             else:
                 z = layer.inverse(z, exact=exact)
         return z
@@ -141,6 +146,24 @@ class FlowModel(keras.Model):
     def bits_per_dim(self, nats):
         """Convert an NLL in nats per example to bits per dimension."""
         return nats / (self.data_dimension * _LN2)
+
+    # -- TensorFlow Probability views ---------------------------------------------------------
+    def as_bijector(self, exact=False, exact_inverse=None, temperature=1.0):
+        """``snf_tf.bijectors.Chain`` of the layers' TFP views (forward = z → x, inverse = x → z);
+        see :func:`snf_tf.bijectors.model_bijector`."""
+        from snf_tf.bijectors import model_bijector
+
+        return model_bijector(self, exact=exact, exact_inverse=exact_inverse,
+                              temperature=temperature)
+
+    def as_distribution(self, exact=True, exact_inverse=False, temperature=1.0):
+        """``tfd.TransformedDistribution`` of the flow over N(0, I) on ``latent_shape``:
+        ``log_prob`` = ``self.log_prob(x, exact=exact)``, ``sample`` goes through the learned
+        inverses. Training still goes through ``fit`` (its ``trainable_variables`` are empty)."""
+        from snf_tf.bijectors import model_distribution
+
+        return model_distribution(self, exact=exact, exact_inverse=exact_inverse,
+                                  temperature=temperature)
 
     # -- exact log-det caches ----------------------------------------------------------------
     def refresh_log_dets(self):

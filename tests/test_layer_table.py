@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import snf_tf.layers as L
+from snf_tf.bijectors import RealNVPCoupling
 
 
 @dataclasses.dataclass
@@ -73,6 +74,8 @@ CASES = [
     Case("Reshape", lambda: L.Reshape((4, 3), dtype="float64"), (2, 3, 2)),
     Case("SmoothLeakyReLU", lambda: L.SmoothLeakyReLU(dtype="float64"), (7,), inverse_atol=1e-5),
     Case("LearnableLeakyReLU", lambda: L.LearnableLeakyReLU(alpha=0.7, dtype="float64"), (3, 3, 2)),
+    Case("RealNVPCoupling", lambda: RealNVPCoupling((8,), reverse=True, dtype="float64"), (6,),
+         perturb=0.1),
     Case("SplineActivation", lambda: L.SplineActivation(dtype="float64"), (3, 3, 2), perturb=0.3,
          sample=lambda rng, b: 4 * rng.standard_normal((b, 3, 3, 2))),
 ]

@@ -56,6 +56,29 @@ class FlowLayer(keras.layers.Layer):
         """λ-weighted reconstruction loss of the learned inverse; 0 for exactly invertible layers."""
         return tf.zeros([], dtype=self.compute_dtype)
 
+    def as_bijector(self, exact=False, **kwargs):
+        """A ``tfb.Bijector`` view of this (built) layer: :class:`snf_tf.bijectors.FlowBijector`.
+
+        Forward = generative (z → x, learned inverse unless exact), inverse = normalizing."""
+        from snf_tf.bijectors import FlowBijector  # bijectors is a higher floor than layers
+
+        return FlowBijector(self, exact=exact, **kwargs)
+
+    # -- saving --------------------------------------------------------------------------------
+    # Keras saves variables but not the state of a layer's SeedGenerators (Dequantize noise,
+    # SplitPrior sampling): store them too, so a reloaded model continues the same random stream.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, generator in enumerate(self._seed_generators):
+            store[f"seed_generator_{i}"] = generator.state.numpy()
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        seeds = sorted(k for k in keys if str(k).startswith("seed_generator_"))
+        super().load_own_variables({k: store[k] for k in keys if k not in seeds})
+        for key, generator in zip(seeds, self._seed_generators):
+            generator.state.assign(store[key])
+
     # -- helpers -----------------------------------------------------------------------------
     def _check_input(self, x, name="x"):
         """Convert ``x`` to a tensor of the layer's dtype, with a clear error for bad input."""

@@ -374,7 +374,10 @@ class SplitPrior(_NHWCLayer):
         if not self.built:
             raise ValueError(f"{self.name}: build the layer (call it on data once) before inverse().")
         z = self._check_half(z, "z")
-        if dropped is None:
+        if dropped is None and isinstance(seed, (tuple, list)):  # a stateless seed pair
+            dropped = tf.random.stateless_normal(tf.shape(z), seed=tf.cast(seed, tf.int32),
+                                                 stddev=temperature, dtype=z.dtype)
+        elif dropped is None:
             dropped = keras.random.normal(
                 tf.shape(z), stddev=temperature, dtype=z.dtype,
                 seed=self.seed_generator if seed is None else seed)

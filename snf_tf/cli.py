@@ -1,0 +1,229 @@
+"""The ``snf-tf`` command (also ``python -m snf_tf``).
+
+Subcommands (each a :class:`Command` in :data:`COMMANDS`; new ones — ``list``, ``train``,
+``evaluate``, ``bench`` — subclass it and call :func:`register`):
+
+- ``snf-tf export CHECKPOINT.keras OUT_DIR [--overwrite]`` — write a SavedModel that runs without
+  snf_tf (see :mod:`snf_tf.export` for its endpoints).
+- ``snf-tf sample MODEL -n 64 -o grid.png [--seed S] [--columns C]`` — MODEL is an exported
+  SavedModel directory (needs only TensorFlow) or a ``.keras`` checkpoint; samples go through the
+  learned inverse with the same stateless seeds in both cases.
+
+Bad input (missing file, unwritable output, n ≤ 0, unknown option) prints one line
+``snf-tf: error: ...`` on stderr and exits with status 2.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+__all__ = ["COMMANDS", "Command", "CliError", "build_parser", "main", "register"]
+
+PROG = "snf-tf"
+
+
+class CliError(Exception):
+    """A user error: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: message``) and exit status 2."""
+
+    def error(self, message):
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+# -- command registry ---------------------------------------------------------------------------
+class Command:
+    """One subcommand: ``name``, ``help``, ``add_arguments(parser)``, ``run(args) -> int``."""
+
+    name = None
+    help = None
+
+    def add_arguments(self, parser):
+        """Add this command's arguments to its subparser."""
+
+    def run(self, args):
+        raise NotImplementedError
+
+
+COMMANDS = {}
+
+
+def register(command):
+    """Add a :class:`Command` instance (or class) to the CLI; returns it (usable as decorator)."""
+    instance = command() if isinstance(command, type) else command
+    if not instance.name:
+        raise ValueError("a Command needs a name")
+    COMMANDS[instance.name] = instance
+    return command
+
+
+# -- argument helpers ------------------------------------------------------------------------------
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _require_file(path, what):
+    if not os.path.exists(path):
+        raise CliError(f"{what} not found: {path}")
+    if not os.path.isfile(path):
+        raise CliError(f"{what} is not a file: {path}")
+
+
+def _require_writable_location(path, what, directory=False):
+    """Fail early when ``path`` cannot be created: an existing ancestor must be a writable dir."""
+    path = os.path.abspath(path)
+    if not directory and os.path.isdir(path):
+        raise CliError(f"{what} is a directory: {path}")
+    if directory and os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"{what} exists and is not a directory: {path}")
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise CliError(f"cannot write {what} {path}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CliError(f"cannot write {what} {path}: {ancestor} is not writable")
+
+
+def _load_checkpoint(path):
+    from snf_tf import export
+
+    _require_file(path, "checkpoint")
+    try:
+        return export.load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise CliError(str(error)) from None
+
+
+# -- commands ----------------------------------------------------------------------------------------
+@register
+class ExportCommand(Command):
+    name = "export"
+    help = "export a .keras checkpoint as a SavedModel that runs without snf_tf"
+
+    def add_arguments(self, parser):
+        parser.add_argument("checkpoint", help="a .keras checkpoint of a FlowModel")
+        parser.add_argument("out_dir", help="directory to write the SavedModel to")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace OUT_DIR if it already exists")
+
+    def run(self, args):
+        from snf_tf import export
+
+        _require_file(args.checkpoint, "checkpoint")
+        _require_writable_location(args.out_dir, "output directory", directory=True)
+        if os.path.exists(args.out_dir) and os.listdir(args.out_dir) and not args.overwrite:
+            raise CliError(f"output directory {args.out_dir} exists and is not empty "
+                           "(pass --overwrite to replace it)")
+        model = _load_checkpoint(args.checkpoint)
+        try:
+            export.export_saved_model(model, args.out_dir)
+        except OSError as error:
+            raise CliError(f"cannot write {args.out_dir}: {error.strerror or error}") from None
+        print(f"exported {args.checkpoint} to {args.out_dir} "
+              f"(endpoints: {', '.join(export.ENDPOINTS)})")
+        return 0
+
+
+@register
+class SampleCommand(Command):
+    name = "sample"
+    help = "draw samples (learned inverse) from an export or a checkpoint into a PNG grid"
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", help="an exported SavedModel directory or a .keras checkpoint")
+        parser.add_argument("-n", "--num", type=positive_int, default=64,
+                            help="number of samples (default 64)")
+        parser.add_argument("-o", "--output", default="samples.png", help="PNG file to write")
+        parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+        parser.add_argument("--columns", type=positive_int, default=None,
+                            help="grid columns (default: about √n)")
+
+    def run(self, args):
+        import numpy as np
+
+        if not os.path.exists(args.model):
+            raise CliError(f"model not found: {args.model}")
+        _require_writable_location(args.output, "output file")
+        samples = np.asarray(self.draw(args.model, args.num, args.seed))
+        if samples.ndim != 4 or samples.shape[-1] not in (1, 3, 4):
+            raise CliError(f"the model's samples have shape {samples.shape[1:]}, not an image "
+                           "(NHWC with 1, 3 or 4 channels); cannot write a grid")
+        write_grid(samples, args.output, columns=args.columns)
+        print(f"wrote {args.num} samples to {args.output}")
+        return 0
+
+    @staticmethod
+    def draw(path, n, seed):
+        if os.path.isdir(path):
+            from snf_tf import export
+
+            try:
+                loaded = export.load_saved_model(path)
+            except (FileNotFoundError, ValueError) as error:
+                raise CliError(str(error)) from None
+            return loaded.sample(n=n, seed=seed).numpy()
+        from snf_tf import export
+
+        model = _load_checkpoint(path)
+        return export.sample(model, n, seed).numpy()
+
+
+def write_grid(samples, path, columns=None):
+    """Write ``[n, H, W, C]`` samples on the 0..256 scale as a PNG grid (non-finite values → 0)."""
+    import numpy as np
+
+    from snf_tf.callbacks import image_grid
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = np.nan_to_num(np.asarray(samples, dtype=np.float64), nan=0.0, posinf=255.0,
+                            neginf=0.0)
+    grid = image_grid(samples, columns=columns)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0,
+                   vmax=255, format="png")
+    except OSError as error:
+        raise CliError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+# -- entry point -------------------------------------------------------------------------------------
+def build_parser():
+    parser = _Parser(prog=PROG, description="Self Normalizing Flows (Keller et al., ICML 2021).")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(_command=command)
+    return parser
+
+
+def main(argv=None):
+    """Run the CLI; returns the exit status (0 ok, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "_command", None) is None:
+            raise CliError(f"a command is required: {', '.join(COMMANDS)} (see '{PROG} --help')")
+        return int(args._command.run(args) or 0)
+    except CliError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

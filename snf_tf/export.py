@@ -1,0 +1,260 @@
+"""Checkpoints and SavedModel export: flows that run without snf_tf.
+
+Two ways to keep a trained ``FlowModel``:
+
+- ``.keras`` checkpoints — ``model.save("x.keras")`` / ``keras.models.load_model`` (or
+  :func:`load_checkpoint`, which adds clear errors): every layer is registered with Keras, so weights,
+  exact-log-det caches, seed-generator states and the optimizer state round-trip and training resumes
+  where it stopped. Needs snf_tf to load.
+- SavedModels — :func:`export_saved_model` writes a TensorFlow SavedModel (``keras.export.
+  ExportArchive``) with four endpoints that load with plain ``tf.saved_model.load`` (no snf_tf, no
+  Keras needed) or through ``keras.layers.TFSMLayer(path, call_endpoint="log_prob")``:
+
+  ============================  ==================================================================
+  ``log_prob(x)``               exact ``log p(x)`` per example, nats on the data scale → ``[batch]``
+  ``forward(x)``                ``{"z": latent, "log_det": [batch]}`` (exact log-det)
+  ``inverse(z)``                ``x`` through the learned inverse (R) of every SNF layer
+  ``sample(n, seed)``           ``n`` samples through the learned inverse, stateless-seeded
+  ============================  ==================================================================
+
+Design decisions (documented contract of the exported endpoints):
+
+- **Input dtype**: ``x`` is ``float32`` with shape ``[None] + model.data_shape`` (free batch
+  dimension); ``z`` is ``float32`` with shape ``[None] + model.latent_shape``. Cast uint8 images to
+  float32 before calling. ``n`` and ``seed`` are int32 scalars.
+- **Dequantization**: the exported ``log_prob`` and ``forward`` never add noise (every
+  ``Dequantize`` layer is called with ``add_noise=False``): ``x`` is taken as the already continuous
+  value on the data scale ``[0, 256)^D``, and ``log_prob`` is the deterministic density of the flow
+  at that point. To get the reference's one-sample dequantized estimate, pass ``x + u`` with
+  ``u ~ U[0, 1)^D`` yourself. (Inside Python ``FlowModel.log_prob`` adds the noise of
+  ``Dequantize(always=True)``; :func:`log_prob` here is the exported, noise-free computation.)
+- **Exact log-dets are frozen in**: ``model.refresh_log_dets()`` runs before tracing and the traced
+  graph reads each SNF layer's ``log_det_cache`` variable (also for ``gradient="exact"`` layers):
+  the SavedModel contains no ``slogdet``. The exported values are exact for the weights at export.
+- **Seeds**: ``sample(n, seed)`` draws the latent with ``tf.random.stateless_normal(seed=[seed, 0])``
+  and the dropped half of the k-th ``SplitPrior`` met on the way back (k = 0, 1, ...) with
+  ``seed=[seed + 1, k]``. For models with at most one ``SplitPrior`` this equals
+  ``model.sample(n, seed=seed)`` exactly.
+- **inverse(z)** has no randomness: the halves that ``SplitPrior`` layers factored out are set to
+  their mode, 0 (temperature 0). It equals ``model.inverse(z, temperature=0.0)``.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+import zipfile
+
+import keras
+import tensorflow as tf
+
+from snf_tf.layers.preprocess import Dequantize
+
+__all__ = ["ENDPOINTS", "export_saved_model", "load_checkpoint", "load_saved_model", "forward",
+           "log_prob", "inverse", "sample", "frozen_log_dets"]
+
+#: the endpoints of an exported flow, in the order they are registered (``log_prob`` is the
+#: SavedModel's ``serving_default``)
+ENDPOINTS = ("log_prob", "forward", "inverse", "sample")
+
+#: op types that must not appear in an exported graph (no XLA kernel; the caches replace them)
+DETERMINANT_OPS = ("LogMatrixDeterminant", "MatrixDeterminant", "Lu")
+
+
+# -- the computations the endpoints export (usable eagerly too) ----------------------------------
+def forward(model, x, exact=True):
+    """``(z, log_det)`` of ``model`` with dequantization noise switched off."""
+    x = model._check_data(x) if hasattr(model, "_check_data") else tf.convert_to_tensor(x)
+    log_det = tf.zeros(tf.shape(x)[:1], dtype=x.dtype)
+    for layer in model.flow_layers:
+        if isinstance(layer, Dequantize):
+            x, layer_log_det = layer.forward(x, exact=exact, add_noise=False)
+        else:
+            x, layer_log_det = layer.forward(x, exact=exact)
+        log_det = log_det + tf.cast(layer_log_det, log_det.dtype)
+    return x, log_det
+
+
+def log_prob(model, x):
+    """Exact per-example ``log p(x)`` in nats on the data scale, without dequantization noise."""
+    z, log_det = forward(model, x, exact=True)
+    return model.base_log_prob(z) + log_det
+
+
+def _inverse(model, z, temperature, seed):
+    """Inverse through the learned inverses; ``SplitPrior`` halves from N(0, T²) with stateless
+    seeds ``[seed + 1, k]`` (``seed`` a scalar tensor) or zeros when ``seed`` is None."""
+    z = tf.cast(tf.convert_to_tensor(z), model.compute_dtype)
+    k = 0
+    for layer in reversed(model.flow_layers):
+        if getattr(layer, "samples_on_inverse", False):
+            if seed is None:
+                dropped = tf.zeros_like(z)
+            else:
+                pair = tf.stack([tf.cast(seed, tf.int32) + 1, tf.constant(k, tf.int32)])
+                dropped = tf.random.stateless_normal(tf.shape(z), seed=pair, stddev=temperature,
+                                                     dtype=z.dtype)
+            z = layer.inverse(z, exact=False, dropped=dropped)
+            k += 1
+        else:
+            z = layer.inverse(z, exact=False)
+    return z
+
+
+def inverse(model, z):
+    """``x = f⁻¹(z)`` through the learned inverses; factored-out halves at their mode (0)."""
+    return _inverse(model, z, 0.0, None)
+
+
+def sample(model, n, seed, temperature=1.0):
+    """``n`` samples through the learned inverse; reproducible for a given ``seed`` (see module
+    docstring). ``n`` and ``seed`` may be Python ints or scalar tensors."""
+    n = tf.cast(tf.convert_to_tensor(n), tf.int32)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
+    shape = tf.concat([tf.reshape(n, [1]), tf.constant(model.latent_shape, tf.int32)], axis=0)
+    z = tf.random.stateless_normal(shape, seed=tf.stack([seed, tf.constant(0, tf.int32)]),
+                                   stddev=temperature, dtype=model.compute_dtype)
+    return _inverse(model, z, temperature, seed)
+
+
+# -- frozen caches ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen_log_dets(model):
+    """Refresh every cached exact log|det| and, inside the block, make every layer that has a
+    ``log_det_cache`` read it instead of computing ``slogdet`` (also ``gradient="exact"`` layers,
+    which otherwise compute it live). For tracing exports; gradients are not meaningful inside."""
+    model.refresh_log_dets()
+    patched = []
+    for layer in _all_layers(model):
+        if hasattr(layer, "log_det_cache") and hasattr(layer, "_live_log_abs_det"):
+            cache = layer.log_det_cache
+            layer._live_log_abs_det = (
+                lambda kernel, cache=cache: tf.convert_to_tensor(cache))
+            patched.append(layer)
+    try:
+        yield model
+    finally:
+        for layer in patched:
+            del layer._live_log_abs_det
+
+
+def _all_layers(model):
+    seen, stack = [], list(model.flow_layers)
+    while stack:
+        layer = stack.pop()
+        if any(layer is s for s in seen):
+            continue
+        seen.append(layer)
+        stack.extend(getattr(layer, "_layers", []))
+    return seen
+
+
+# -- SavedModel ---------------------------------------------------------------------------------
+def _check_flow_model(model):
+    for attribute in ("flow_layers", "data_shape", "latent_shape"):
+        if not hasattr(model, attribute):
+            raise ValueError(
+                f"export_saved_model: expected a built snf_tf.FlowModel, got {type(model).__name__} "
+                f"without {attribute!r} (call the model on a batch of data once to build it).")
+
+
+def export_saved_model(model, path, overwrite=True):
+    """Write ``model`` as a TensorFlow SavedModel at ``path`` (a directory) and return ``path``.
+
+    Endpoints ``log_prob(x)``, ``forward(x)``, ``inverse(z)`` and ``sample(n, seed)`` — see the
+    module docstring for their contract (float32 inputs with a free batch dimension, no
+    dequantization noise, cached exact log-dets frozen in, stateless seeds). The directory is
+    written next to ``path`` and renamed into place, so an interrupted export leaves no partial
+    SavedModel at ``path``.
+    """
+    _check_flow_model(model)
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"export_saved_model: {path} exists (pass overwrite=True).")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+
+    x_spec = tf.TensorSpec((None,) + tuple(model.data_shape), tf.float32, name="x")
+    z_spec = tf.TensorSpec((None,) + tuple(model.latent_shape), tf.float32, name="z")
+    n_spec = tf.TensorSpec((), tf.int32, name="n")
+    seed_spec = tf.TensorSpec((), tf.int32, name="seed")
+
+    def log_prob_fn(x):
+        return log_prob(model, x)
+
+    def forward_fn(x):
+        z, log_det = forward(model, x, exact=True)
+        return {"z": z, "log_det": log_det}
+
+    def inverse_fn(z):
+        return inverse(model, z)
+
+    def sample_fn(n, seed):
+        return sample(model, n, seed)
+
+    archive = keras.export.ExportArchive()
+    with frozen_log_dets(model):
+        archive.track(model)
+        archive.add_endpoint("log_prob", log_prob_fn, input_signature=[x_spec])
+        archive.add_endpoint("forward", forward_fn, input_signature=[x_spec])
+        archive.add_endpoint("inverse", inverse_fn, input_signature=[z_spec])
+        archive.add_endpoint("sample", sample_fn, input_signature=[n_spec, seed_spec])
+        tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+        try:
+            archive.write_out(tmp, verbose=False)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+            os.rename(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def saved_model_op_types(path):
+    """The set of op types in a SavedModel's graph and function library (for inspection)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = set()
+    for meta in proto.meta_graphs:
+        ops.update(node.op for node in meta.graph_def.node)
+        for function in meta.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops
+
+
+# -- loading ------------------------------------------------------------------------------------
+def load_checkpoint(path, compile=True):
+    """``keras.models.load_model`` of a ``.keras`` file with one-line errors: ``FileNotFoundError``
+    if it is missing, ``ValueError`` if it is not a Keras archive or not a flow model."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras checkpoint (not a zip archive)")
+    try:
+        model = keras.models.load_model(path, compile=compile)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file name, one line
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load {path}: {message}") from error
+    if not hasattr(model, "flow_layers"):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a snf_tf FlowModel")
+    return model
+
+
+def load_saved_model(path):
+    """``tf.saved_model.load`` of an exported flow, checking that it has the flow endpoints."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"no SavedModel in {path} (saved_model.pb missing)")
+    loaded = tf.saved_model.load(path)
+    missing = [name for name in ENDPOINTS if not hasattr(loaded, name)]
+    if missing:
+        raise ValueError(f"{path} is a SavedModel but not an exported flow (missing endpoints: "
+                         f"{', '.join(missing)})")
+    return loaded
