@@ -49,16 +49,31 @@ def main(argv=None):
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     best = callbacks.BestValidationTest(test, os.path.join(args.out, "best.keras"))
     timer = _EpochTimer()
-    history = model.fit(
+    log = _MetricsFile(os.path.join(args.out, "metrics.json"), vars(args), timer)
+    model.fit(
         train, validation_data=val, epochs=args.epochs, verbose=2, shuffle=False,
-        callbacks=[timer, best, keras.callbacks.TerminateOnNaN(),
+        callbacks=[timer, best, log, keras.callbacks.TerminateOnNaN(),
                    callbacks.ImageGrid(args.out, every=args.epochs, n=64)],
-    ).history
-    history["epoch_seconds"] = timer.seconds
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump({"args": vars(args), "history": history}, f, indent=1)
+    )
     print(f"best validation epoch {best.best_epoch + 1}: test NLL {best.test['nll']:.1f} nats "
           f"= {best.test['bpd']:.4f} bits/dim; samples in {os.path.join(args.out, 'samples.png')}")
+
+
+class _MetricsFile(keras.callbacks.Callback):
+    """Rewrites metrics.json after every epoch, so an interrupted run keeps its curve."""
+
+    def __init__(self, path, args, timer):
+        super().__init__()
+        self.path, self.args, self.timer, self.history = path, args, timer, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.history["epoch_seconds"] = list(self.timer.seconds)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"args": self.args, "history": self.history}, f, indent=1)
+        os.replace(tmp, self.path)
 
 
 class _EpochTimer(keras.callbacks.Callback):
