@@ -1,13 +1,19 @@
-"""Table 1's FC rows at equal budgets on this machine: SNF vs exact vs relative gradient.
+"""Table 1's rows at equal budgets on this machine: each model trained by ``snf-tf train``.
 
-Runs ``examples/fc_mnist.py`` (real MNIST, reference config: Adam 1e-4, batch 100, 10-epoch
-warm-up, λ = 1 for SNF, same seed) once per gradient, each in its own process. The runs go one
-after another so their timings do not disturb each other. Then it combines their per-epoch curves
-into ``reproduce_fc.json`` and ``reproduce_fc.png``: validation NLL per epoch and against
-wall-clock time, and the test NLL at the best validation epoch. Every run rewrites its own
-``metrics.json`` after each epoch, so an interrupted sweep keeps what it measured.
+Suites (reference configs unless ``--set`` says otherwise; same seed for every model):
 
-    python benchmarks/reproduce_mnist.py --epochs 30 --out benchmarks/measured/reproduce_fc
+* ``fc``   — selfnorm/exact/relative_fc_mnist (2-layer FC);
+* ``conv`` — selfnorm/exact/emerging/exponential_cnn_mnist (9-layer conv);
+* ``glow`` — selfnorm/conv1x1_glow_mnist (32-step Glow; ``--set hidden_channels=64`` to fit a CPU).
+
+The runs go one after another (their timings do not disturb each other) into ``OUT/NAME``; a run
+that was interrupted is continued with ``--resume``. Then the per-epoch curves are combined into
+``OUT/reproduce_SUITE.json`` and ``.png``: validation NLL per epoch and against wall-clock time,
+test NLL at the best validation epoch, and the paper's number beside it.
+
+    python benchmarks/reproduce_mnist.py conv --epochs 5 --out benchmarks/measured/reproduce_conv
+    python benchmarks/reproduce_mnist.py glow --epochs 3 --set hidden_channels=64 \\
+        --out benchmarks/measured/reproduce_glow
 """
 
 import argparse
@@ -21,73 +27,92 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER = {"self_normalized": 947.1, "exact": 947.6, "relative": 1096.5}  # Table 1, nats
+SUITES = {
+    "fc": ["selfnorm_fc_mnist", "exact_fc_mnist", "relative_fc_mnist"],
+    "conv": ["selfnorm_cnn_mnist", "exact_cnn_mnist", "emerging_cnn_mnist",
+             "exponential_cnn_mnist"],
+    "glow": ["selfnorm_glow_mnist", "conv1x1_glow_mnist"],
+}
 
 
-def combine(out, gradients):
-    runs = {}
-    for gradient in gradients:
-        path = os.path.join(out, gradient, "metrics.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                runs[gradient] = json.load(f)["history"]
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def combine(out, suite, names):
     summary = {}
-    for gradient, h in runs.items():
-        seconds = h.get("epoch_seconds", [])
-        summary[gradient] = {
-            "epochs": len(h.get("val_nll", [])),
-            "val_nll": h.get("val_nll", []),
-            "test_nll_at_best_val": h.get("test_nll", [None])[-1],
-            "test_bpd_at_best_val": h.get("test_bpd", [None])[-1],
-            "best_epoch": h.get("best_epoch", [None])[-1],
-            "median_epoch_seconds": sorted(seconds)[len(seconds) // 2] if seconds else None,
+    for name in names:
+        path = os.path.join(out, name, "metrics.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            metrics = json.load(f)
+        epochs = metrics["epochs"]
+        seconds = [e["epoch_seconds"] for e in epochs]
+        best = metrics["best"] or {}
+        summary[name] = {
+            "status": metrics["status"], "epochs": len(epochs),
+            "val_nll": [e.get("val_nll") for e in epochs],
+            "test_nll_at_best_val": best.get("test_nll"),
+            "test_bpd_at_best_val": best.get("test_bpd"), "best_epoch": best.get("epoch"),
+            "median_epoch_seconds": _median(seconds),
+            "median_train_seconds": _median([e["train_seconds"] for e in epochs]),
             "cumulative_seconds": [sum(seconds[:i + 1]) for i in range(len(seconds))],
-            "paper_test_nll": PAPER.get(gradient),
+            "paper": metrics["paper"],
         }
-    with open(os.path.join(out, "reproduce_fc.json"), "w") as f:
+    with open(os.path.join(out, f"reproduce_{suite}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for gradient, s in summary.items():
-        epochs = range(1, len(s["val_nll"]) + 1)
-        axes[0].plot(epochs, s["val_nll"], label=gradient)
-        axes[1].plot(s["cumulative_seconds"][:len(s["val_nll"])], s["val_nll"], label=gradient)
+    for name, s in summary.items():
+        axes[0].plot(range(1, s["epochs"] + 1), s["val_nll"], "o-", ms=3, label=name)
+        axes[1].plot(s["cumulative_seconds"], s["val_nll"], "o-", ms=3, label=name)
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("wall-clock [s] (2-core CPU)")
     for ax in axes:
         ax.set_ylabel("validation NLL [nats]")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("FC 2-layer flow on MNIST, reference config")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"MNIST, {suite} suite, reference configs, equal epochs")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "reproduce_fc.png"), dpi=120)
-    print(f"{'gradient':16s} {'epochs':>6s} {'test NLL':>9s} {'bpd':>6s} {'s/epoch':>8s} {'paper':>7s}")
-    for gradient, s in summary.items():
-        print(f"{gradient:16s} {s['epochs']:6d} {s['test_nll_at_best_val'] or float('nan'):9.1f} "
-              f"{s['test_bpd_at_best_val'] or float('nan'):6.3f} "
-              f"{s['median_epoch_seconds'] or float('nan'):8.1f} {s['paper_test_nll']:7.1f}")
+    fig.savefig(os.path.join(out, f"reproduce_{suite}.png"), dpi=120)
+    print(f"{'experiment':24s} {'epochs':>6s} {'test NLL':>9s} {'bpd':>6s} {'s/epoch':>8s} paper")
+    for name, s in summary.items():
+        nll, bpd = s["test_nll_at_best_val"], s["test_bpd_at_best_val"]
+        print(f"{name:24s} {s['epochs']:6d} {nll or float('nan'):9.1f} {bpd or float('nan'):6.3f} "
+              f"{s['median_epoch_seconds'] or float('nan'):8.1f} {s['paper']['text']}")
     return summary
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--gradients", nargs="+", default=["self_normalized", "exact", "relative"],
-                        choices=["self_normalized", "exact", "relative"])
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--only", nargs="+", default=None, help="a subset of the suite")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to every 'snf-tf train' (e.g. hidden_channels=64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/measured/reproduce_fc")
+    parser.add_argument("--out", default=None)
     parser.add_argument("--combine-only", action="store_true",
                         help="only re-read the runs' metrics.json files and redraw")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    out = args.out or os.path.join("benchmarks", "results", f"reproduce_{args.suite}")
+    names = args.only or SUITES[args.suite]
+    os.makedirs(out, exist_ok=True)
     if not args.combine_only:
-        for gradient in args.gradients:
-            subprocess.run([sys.executable, os.path.join(ROOT, "examples", "fc_mnist.py"),
-                            "--gradient", gradient, "--epochs", str(args.epochs),
-                            "--seed", str(args.seed), "--out", os.path.join(args.out, gradient)],
-                           check=True)
-    combine(args.out, args.gradients)
+        for name in names:
+            run_dir = os.path.join(out, name)
+            command = [sys.executable, "-m", "snf_tf", "train", name, "--epochs",
+                       str(args.epochs), "--seed", str(args.seed), "--out", run_dir, "--quiet"]
+            for setting in args.set:
+                command += ["--set", setting]
+            if os.path.exists(os.path.join(run_dir, "metrics.json")):
+                with open(os.path.join(run_dir, "metrics.json")) as f:
+                    if json.load(f)["status"] == "finished":
+                        continue
+                command.append("--resume")
+            subprocess.run(command, check=False)
+    combine(out, args.suite, names)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,19 @@ Non-finite losses stop training (``keras.callbacks.TerminateOnNaN``); the best c
 was written before and is untouched.
 """
 
+import json
 import math
 import os
+import shutil
 import tempfile
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LinearWarmup", "Geco", "ImageGrid", "BestValidationTest", "image_grid"]
+__all__ = ["AtomicBackupAndRestore", "BestValidationTest", "Geco", "ImageGrid", "LinearWarmup",
+           "image_grid", "save_atomically", "save_png"]
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
@@ -83,7 +87,8 @@ def image_grid(images, columns=None):
     return grid
 
 
-def _save_png(path, grid):
+def save_png(path, grid):
+    """Write a uint8 ``[H, W, C]`` grid (C = 1 gray, 3 RGB) as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -112,7 +117,7 @@ class ImageGrid(keras.callbacks.Callback):
             pairs = np.concatenate([self.reconstruct, self.model.reconstruct(self.reconstruct)], 0)
             grids["reconstructions"] = image_grid(pairs, columns=len(self.reconstruct))
         for name, grid in grids.items():
-            _save_png(os.path.join(self.out_dir, f"{name}.png"), grid)
+            save_png(os.path.join(self.out_dir, f"{name}.png"), grid)
             if self.writer is not None:
                 with self.writer.as_default():
                     tf.summary.image(name, grid[None], step=epoch)
@@ -157,3 +162,64 @@ def save_atomically(model, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` (once per epoch) that a kill can never corrupt.
+
+    Keras writes the weights and then the epoch number in place, so a kill between the two (or
+    during the first) leaves a backup whose weights and epoch disagree. Here each backup is
+    written whole into ``backup_dir.tmp`` and swapped in by renames (``backup_dir`` →
+    ``backup_dir.old``, ``.tmp`` → ``backup_dir``); a restart finds either the old or the new
+    backup complete. A state with non-finite weights is never backed up, and the backup is kept
+    (not deleted) when training stops early, e.g. through ``TerminateOnNaN``.
+
+    Backups are per epoch only: Keras restarts an interrupted epoch from its first batch, so a
+    mid-epoch backup would replay batches and the resumed run would differ from an uninterrupted
+    one.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=True)
+
+    @staticmethod
+    def saved_epoch(backup_dir):
+        """The number of finished epochs in the backup at ``backup_dir`` (None: no backup)."""
+        for folder in (backup_dir, os.fspath(backup_dir) + ".old"):
+            path = os.path.join(folder, "training_metadata.json")
+            if os.path.isfile(path) and os.path.isfile(
+                    os.path.join(folder, "latest.weights.h5")):
+                with open(path) as f:
+                    return int(json.load(f)["epoch"])
+        return None
+
+    def on_train_begin(self, logs=None):
+        old = self.backup_dir + ".old"
+        if not os.path.exists(self.backup_dir) and os.path.exists(old):
+            os.replace(old, self.backup_dir)  # killed between the two renames
+        shutil.rmtree(self.backup_dir + ".tmp", ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        super().on_train_begin(logs)
+
+    def _save_model(self):
+        if not all(np.all(np.isfinite(v)) for v in self.model.get_weights()):
+            warnings.warn("AtomicBackupAndRestore: non-finite weights; the backup keeps the "
+                          "last finite state.", RuntimeWarning, stacklevel=2)
+            return
+        tmp, old = self.backup_dir + ".tmp", self.backup_dir + ".old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self.model.save_weights(os.path.join(tmp, os.path.basename(self._weights_path)))
+        metadata = os.path.join(tmp, os.path.basename(self._training_metadata_path))
+        with open(metadata, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(self.backup_dir):
+            os.replace(self.backup_dir, old)
+        os.replace(tmp, self.backup_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        if not self.model.stop_training:
+            super().on_train_end(logs)

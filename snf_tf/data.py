@@ -14,6 +14,7 @@ is used here so runs are reproducible.
 """
 
 import os
+import re
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -40,6 +41,18 @@ def default_data_dir(path=None):
     return path or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
+def _first(split, n):
+    """The first ``n`` examples of a tfds split string ``base`` or ``base[a:b]``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"limit must be a positive int, got {n!r}.")
+    match = re.fullmatch(r"(\w+)(?:\[(\d*):(\d*)\])?", split)
+    if match is None:
+        raise ValueError(f"cannot take the first {n} examples of split {split!r}.")
+    base, start, stop = match.group(1), int(match.group(2) or 0), match.group(3)
+    end = start + n if not stop else min(start + n, int(stop))
+    return f"{base}[{start}:{end}]"
+
+
 def _shift(image, pad, mode):
     """Random integer shift by up to ``pad`` pixels: pad, then crop back at a random offset."""
     shape = tf.shape(image)
@@ -58,7 +71,7 @@ def _augment(name):
 
 
 def load(name, split, batch_size, augment=False, data_dir=None, download=False, shuffle=None,
-         cache=True, seed=None, drop_remainder=False):
+         cache=True, seed=None, drop_remainder=False, limit=None):
     """A batched ``tf.data.Dataset`` of uint8 NHWC images for one of the paper's splits.
 
     Args:
@@ -72,12 +85,15 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
         shuffle: shuffle examples each epoch; default as in the reference (train split of
             CIFAR-10 and ImageNet32 only).
         cache: cache decoded images in memory before augmentation.
+        limit: use only the first ``limit`` examples of the split (quick runs).
     """
     if name not in SPLITS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     tfds_split = SPLITS[name].get(split, split)
+    if limit is not None:
+        tfds_split = _first(tfds_split, limit)
     folder = data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR")
     try:
         ds = tfds.load(name, split=tfds_split, data_dir=folder, download=download,

@@ -1,0 +1,287 @@
+"""Train one named experiment into a run folder: ``snf-tf train NAME`` (PAPER.md §3 training loop).
+
+Keras ``fit`` does the work (progress bar, TensorBoard, backups); this module checks everything
+before the first step, wires the callbacks and writes the run folder:
+
+=====================  =========================================================================
+``config.json``        the config used (experiment, hyperparameters, model arguments, versions)
+``metrics.json``       one entry per epoch (see :data:`EPOCH_KEYS`), rewritten after every epoch,
+                       and ``best``: the test NLL at the best validation epoch (what the paper
+                       reports)
+``best.keras``         the best-validation checkpoint (written atomically)
+``samples.png``        64 samples through the learned inverse (``samples_exact.png``: through the
+                       exact inverse, for models that learn inverses)
+``curves.png``         training loss and validation/test NLL per epoch
+``tensorboard/``       Keras TensorBoard logs (scalars and sample grids)
+``backup/``            the last finished epoch (``--resume`` continues from it; removed at the end)
+=====================  =========================================================================
+
+Non-finite losses stop the run (``keras.callbacks.TerminateOnNaN``): the weights of the bad step
+never reach ``best.keras`` or the backup, ``metrics.json`` records ``"status": "diverged"`` and
+:func:`run` raises :class:`TrainingDiverged`.
+"""
+
+import json
+import math
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+
+from snf_tf import callbacks as snf_callbacks
+from snf_tf import experiments
+
+__all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "plot_curves", "prepare",
+           "prepare_run_dir", "run"]
+
+#: keys of every ``metrics.json`` epoch entry (``recon`` only for models with learned inverses)
+EPOCH_KEYS = ("epoch", "loss", "nll", "recon", "val_nll", "val_bpd", "test_nll", "test_bpd",
+              "best_epoch", "learning_rate", "epoch_seconds", "train_seconds", "steps_per_second")
+#: the keys that depend on the machine's speed (everything else is a function of the seed)
+TIMING_KEYS = ("epoch_seconds", "train_seconds", "steps_per_second")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; training stopped and the last good checkpoint was kept."""
+
+
+def prepare_run_dir(out, resume):
+    """Check that ``out`` can hold a run before any work starts; returns the backup epoch to
+    resume from (0 for a fresh run). Never overwrites a run: a folder with ``metrics.json`` needs
+    ``resume`` (and a backup to resume from)."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"output folder {out} exists and is not a folder")
+    ancestor = out
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the output folder {out}: {ancestor} is not writable")
+    has_run = os.path.exists(os.path.join(out, "metrics.json"))
+    epoch = snf_callbacks.AtomicBackupAndRestore.saved_epoch(os.path.join(out, "backup"))
+    if resume:
+        if has_run and epoch is None:
+            with open(os.path.join(out, "metrics.json")) as f:
+                status = json.load(f).get("status")
+            if status != "running":  # killed before its first backup: start again
+                raise ValueError(f"{out} holds a {status} run with no backup to resume from; "
+                                 "choose another --out")
+        return epoch or 0
+    if has_run or epoch is not None:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
+                         "another --out")
+    return 0
+
+
+def _versions():
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    import snf_tf
+
+    return {"snf_tf": snf_tf.__version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, "tensorflow_probability": tfp.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "gpus": len(tf.config.list_physical_devices("GPU")),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+
+
+def _write_json(path, payload):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _same_config(saved, cfg):
+    """Keys whose values differ between a saved config and a new one (epochs may grow)."""
+    return sorted(key for key in set(saved) | set(cfg)
+                  if key != "epochs" and saved.get(key) != cfg.get(key))
+
+
+class _RunLog(keras.callbacks.Callback):
+    """Times every epoch and rewrites ``metrics.json`` after it, so a killed run keeps its curve."""
+
+    def __init__(self, path, cfg, paper, history, steps_per_epoch):
+        super().__init__()
+        self.path, self.cfg, self.paper = path, cfg, paper
+        self.history, self.steps = list(history), steps_per_epoch
+        self.status = "running"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.train_end = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.train_end is None:
+            self.train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        train_seconds = (self.train_end or now) - self.start
+        entry = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            value = float(np.asarray(value).reshape(-1)[0])
+            entry[key] = int(value) if key == "best_epoch" else value
+        entry["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        entry.update(epoch_seconds=now - self.start, train_seconds=train_seconds,
+                     steps_per_second=self.steps / train_seconds if train_seconds > 0 else None)
+        self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]
+        self.write()
+
+    def best(self):
+        entries = [e for e in self.history if math.isfinite(e.get("val_nll", math.nan))]
+        if not entries:
+            return None
+        best = min(entries, key=lambda e: e["val_nll"])
+        return {key: best.get(key) for key in ("epoch", "val_nll", "val_bpd", "test_nll",
+                                               "test_bpd")}
+
+    def write(self):
+        _write_json(self.path, {"experiment": self.cfg["experiment"], "status": self.status,
+                                "paper": self.paper, "epochs": self.history, "best": self.best()})
+
+
+def plot_curves(history, path, title):
+    """Training loss and validation/test NLL per epoch, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e["epoch"] for e in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(epochs, [e.get("loss", math.nan) for e in history], "o-", ms=3)
+    axes[0].set_title("training loss (SNF log-dets count as 0)", fontsize=9)
+    for key, style in (("val_nll", "o-"), ("test_nll", "s--")):
+        axes[1].plot(epochs, [e.get(key, math.nan) for e in history], style, ms=3,
+                     label=key.replace("_nll", ""))
+    axes[1].set_title("exact NLL [nats] (test: at the best validation epoch)", fontsize=9)
+    axes[1].legend()
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write_samples(model, out, seed):
+    from snf_tf.callbacks import image_grid, save_png
+
+
+    if len(model.data_shape) != 3:
+        return []
+    written = []
+    variants = [("samples.png", False)]
+    if any(getattr(layer, "learns_inverse", False) for layer in model.flow_layers):
+        variants.append(("samples_exact.png", True))
+    for filename, exact in variants:
+        samples = model.sample(64, exact_inverse=exact, seed=seed).numpy()
+        samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)
+        save_png(os.path.join(out, filename), image_grid(samples))
+        written.append(filename)
+    return written
+
+
+def run(name, out, *, resume=False, data_dir=None, verbose="auto", extra_callbacks=(),
+        **overrides):
+    """Train experiment ``name`` into the folder ``out``; returns the ``metrics.json`` payload.
+
+    ``overrides`` are config settings (``epochs``, ``batch_size``, ``train_examples``,
+    ``hidden_channels``, …; see :func:`snf_tf.experiments.config`). Everything is checked —
+    name, settings, output folder, data — before the first training step (:func:`prepare`).
+    """
+    return prepare(name, out, resume=resume, data_dir=data_dir, **overrides).train(
+        verbose=verbose, extra_callbacks=extra_callbacks)
+
+
+def prepare(name, out, *, resume=False, data_dir=None, **overrides):
+    """Check and set up a run without training: returns a :class:`Run`. Raises ``ValueError``
+    (bad name, setting or folder) or ``FileNotFoundError`` (data missing) — nothing is written."""
+    cfg = experiments.config(name, **overrides)
+    out = os.path.abspath(out)
+    start_epoch = prepare_run_dir(out, resume)
+    config_path, metrics_path = os.path.join(out, "config.json"), os.path.join(out, "metrics.json")
+    history = []
+    if resume and os.path.exists(config_path):
+        with open(config_path) as f:
+            saved = json.load(f)["config"]
+        changed = _same_config(saved, cfg)
+        if changed:
+            raise ValueError(f"--resume: the settings {', '.join(changed)} differ from the run in "
+                             f"{out}; resume with the same settings (only epochs may change)")
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                history = [e for e in json.load(f)["epochs"] if e["epoch"] <= start_epoch]
+    if start_epoch >= cfg["epochs"]:
+        raise ValueError(f"the run in {out} already finished {start_epoch} epochs; pass a larger "
+                         "--epochs to continue it")
+    splits = experiments.datasets(cfg, data_dir=data_dir)  # FileNotFoundError if missing
+    steps = int(splits["train"].cardinality())
+    if steps < 1:
+        raise ValueError(f"{name}: the training split has no batch (steps per epoch: {steps})")
+    return Run(cfg, out, splits, history, steps)
+
+
+class Run:
+    """A checked run: config, data pipelines, run folder, and the history to resume from."""
+
+    def __init__(self, cfg, out, splits, history, steps_per_epoch):
+        self.cfg, self.out, self.splits = cfg, out, splits
+        self.history, self.steps = history, steps_per_epoch
+        self.model = None
+
+    def _path(self, name):
+        return os.path.join(self.out, name)
+
+    def train(self, verbose="auto", extra_callbacks=()):
+        """Build, compile and ``fit``; writes the run folder; returns the metrics payload."""
+        cfg, name = self.cfg, self.cfg["experiment"]
+        experiment = experiments.get(name)
+        keras.utils.set_random_seed(cfg["seed"])
+        self.model = model = experiments.build_model(cfg)
+        schedule = snf_callbacks.LinearWarmup(cfg["learning_rate"],
+                                              cfg["warmup_epochs"] * self.steps)
+        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=cfg["clipnorm"]))
+        os.makedirs(self.out, exist_ok=True)
+        paper = {"value": experiment.paper_value, "unit": experiment.paper_unit,
+                 "text": experiment.paper, "epochs": experiment.paper_epochs}
+        _write_json(self._path("config.json"),
+                    {"config": cfg, "paper": paper, "versions": _versions()})
+
+        best = snf_callbacks.BestValidationTest(self.splits["test"], self._path("best.keras"))
+        previous = [e for e in self.history if math.isfinite(e.get("val_nll", math.nan))]
+        if previous:  # continue the best-validation bookkeeping of the resumed run
+            top = min(previous, key=lambda e: e["val_nll"])
+            best.best, best.best_epoch = top["val_nll"], top["epoch"] - 1
+            best.test = {"nll": top.get("test_nll"), "bpd": top.get("test_bpd")}
+        log = _RunLog(self._path("metrics.json"), cfg, paper, self.history, self.steps)
+        tensorboard = self._path("tensorboard")
+        callback_list = [best, log, keras.callbacks.TerminateOnNaN(),
+                         keras.callbacks.TensorBoard(tensorboard, write_graph=False)]
+        if cfg["geco_rate"]:
+            callback_list.insert(0, snf_callbacks.Geco(cfg["geco_rate"]))
+        if self.splits["train"].element_spec.shape.rank == 4:  # images
+            callback_list.append(snf_callbacks.ImageGrid(self.out, every=1, n=64,
+                                                         seed=cfg["seed"], log_dir=tensorboard))
+        callback_list += list(extra_callbacks)
+        # last, so that an epoch is backed up only after metrics.json and best.keras hold it
+        callback_list.append(snf_callbacks.AtomicBackupAndRestore(self._path("backup")))
+        model.fit(self.splits["train"], validation_data=self.splits["validation"],
+                  epochs=cfg["epochs"], callbacks=callback_list, verbose=verbose, shuffle=False)
+
+        diverged = bool(model.stop_training)  # only TerminateOnNaN stops a run early
+        log.status = "diverged" if diverged else "finished"
+        log.write()
+        if diverged:
+            raise TrainingDiverged(
+                f"{name}: the loss became non-finite in epoch {len(log.history)}; training "
+                f"stopped. The last good state is {self._path('best.keras')} (best validation "
+                "epoch) and metrics.json keeps the curve.")
+        plot_curves(log.history, self._path("curves.png"), name)
+        _write_samples(model, self.out, cfg["seed"])
+        with open(self._path("metrics.json")) as f:
+            return json.load(f)
