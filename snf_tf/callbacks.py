@@ -75,8 +75,11 @@ class Geco(keras.callbacks.Callback):
 
 
 def image_grid(images, columns=None):
-    """``[n, H, W, C]`` images on the 0..256 scale → one uint8 ``[rows·H, cols·W, C]`` grid."""
-    images = np.clip(np.floor(np.asarray(images, dtype=np.float64)), 0, 255).astype(np.uint8)
+    """``[n, H, W, C]`` images on the 0..256 scale → one uint8 ``[rows·H, cols·W, C]`` grid
+    (non-finite values become 0 or 255)."""
+    images = np.nan_to_num(np.asarray(images, dtype=np.float64), nan=0.0, posinf=255.0,
+                           neginf=0.0)  # a diverged model's samples still make a picture
+    images = np.clip(np.floor(images), 0, 255).astype(np.uint8)
     n, h, w, c = images.shape
     columns = columns or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / columns))
@@ -180,7 +183,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, backup_dir):
-        super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=True)
+        # kept at the end of training, so that a finished run can be continued for more epochs
+        super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=False)
 
     @staticmethod
     def saved_epoch(backup_dir):
@@ -219,7 +223,3 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             os.replace(self.backup_dir, old)
         os.replace(tmp, self.backup_dir)
         shutil.rmtree(old, ignore_errors=True)
-
-    def on_train_end(self, logs=None):
-        if not self.model.stop_training:
-            super().on_train_end(logs)

@@ -1,7 +1,12 @@
 """The ``snf-tf`` command (also ``python -m snf_tf``).
 
-Subcommands (each a :class:`Command` in :data:`COMMANDS`; new ones — ``list``, ``train``,
-``evaluate``, ``bench`` — subclass it and call :func:`register`):
+Subcommands (each a :class:`Command` in :data:`COMMANDS`, added with :func:`register`):
+
+- ``snf-tf list`` — the paper's experiments and the number the paper reports for each.
+- ``snf-tf train NAME [--epochs N] [--batch-size B] [--out DIR] [--data-dir D] [--resume]
+  [--set KEY=VALUE ...]`` — train one experiment into a run folder (:mod:`snf_tf.training`).
+- ``snf-tf evaluate CHECKPOINT.keras [--split test] [--dataset NAME]`` — exact NLL and bits/dim.
+- ``snf-tf bench scaling|models [...]`` — the benchmarks of :mod:`snf_tf.bench`.
 
 - ``snf-tf export CHECKPOINT.keras OUT_DIR [--overwrite]`` — write a SavedModel that runs without
   snf_tf (see :mod:`snf_tf.export` for its endpoints).
@@ -319,6 +324,29 @@ class EvaluateCommand(Command):
             raise CliError("the snf_timescaling experiment has synthetic data; nothing to "
                            "evaluate on")
         return dataset
+
+
+@register
+class BenchCommand(Command):
+    name = "bench"
+    help = ("benchmarks: 'scaling' (one layer's step time vs D, Fig. 4) or 'models' (ms per "
+            "batch and per sample of the Table-1 models, Table 3)")
+    benchmarks = ("scaling", "models")
+
+    def add_arguments(self, parser):
+        parser.add_argument("benchmark", choices=self.benchmarks)
+        parser.add_argument("options", nargs=argparse.REMAINDER,
+                            help="the benchmark's own options (snf-tf bench NAME --help)")
+
+    def run(self, args):
+        import importlib
+
+        module = importlib.import_module(f"snf_tf.bench.{args.benchmark}")
+        try:
+            module.main(args.options)
+        except SystemExit as exit_:  # argparse of the benchmark: --help (0) or bad option (2)
+            return exit_.code if isinstance(exit_.code, int) else 2
+        return 0
 
 
 def write_grid(samples, path, columns=None):

@@ -52,7 +52,7 @@ class Experiment:
             "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
             "epochs": self.paper_epochs or 10, "warmup_epochs": self.warmup_epochs,
             "augment": self.augment, "clipnorm": self.clipnorm, "geco_rate": self.geco_rate,
-            "seed": 0, "train_examples": None, "eval_examples": None,
+            "seed": 0, "train_examples": None, "eval_examples": None, "jit_compile": "auto",
         }
 
 
@@ -216,6 +216,9 @@ def _check(cfg):
             raise ValueError(f"{name}: {key} must be a positive number, got {value!r}")
     if not isinstance(cfg["seed"], int) or isinstance(cfg["seed"], bool):
         raise ValueError(f"{name}: seed must be an integer, got {cfg['seed']!r}")
+    if cfg["jit_compile"] not in ("auto", True, False):
+        raise ValueError(f"{name}: jit_compile must be auto, true or false, "
+                         f"got {cfg['jit_compile']!r}")
     if not isinstance(cfg["augment"], bool):
         raise ValueError(f"{name}: augment must be true or false, got {cfg['augment']!r}")
 

@@ -13,7 +13,8 @@ before the first step, wires the callbacks and writes the run folder:
                        exact inverse, for models that learn inverses)
 ``curves.png``         training loss and validation/test NLL per epoch
 ``tensorboard/``       Keras TensorBoard logs (scalars and sample grids)
-``backup/``            the last finished epoch (``--resume`` continues from it; removed at the end)
+``backup/``            the last finished epoch: ``--resume`` continues from it, after a kill or
+                       with a larger ``--epochs`` once the run has finished
 =====================  =========================================================================
 
 Non-finite losses stop the run (``keras.callbacks.TerminateOnNaN``): the weights of the bad step
@@ -245,7 +246,8 @@ class Run:
         self.model = model = experiments.build_model(cfg)
         schedule = snf_callbacks.LinearWarmup(cfg["learning_rate"],
                                               cfg["warmup_epochs"] * self.steps)
-        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=cfg["clipnorm"]))
+        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=cfg["clipnorm"]),
+                      jit_compile=cfg["jit_compile"])
         os.makedirs(self.out, exist_ok=True)
         paper = {"value": experiment.paper_value, "unit": experiment.paper_unit,
                  "text": experiment.paper, "epochs": experiment.paper_epochs}

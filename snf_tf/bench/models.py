@@ -1,0 +1,169 @@
+"""Table 3 analogue: ms per training batch and ms per sample of the nine Table-1 models.
+
+What is measured, per model (the reference configs of :mod:`snf_tf.experiments`, full size unless
+``--set`` says otherwise; MNIST-shaped uint8 inputs, batch 100):
+
+* **ms/batch** — one ``train_on_batch`` (forward, backward, reconstruction loss, Adam update)
+  through the model's compiled train function, as in ``fit`` (XLA where the layers allow it);
+* **ms/sample** — one sample (n = 1) through the learned inverse (or the only inverse), in a
+  ``tf.function``.
+
+Every model is built, compiled and warmed up first (tracing and XLA compilation are not timed).
+The models are then timed round-robin — one step of each per round, order rotated — so machine
+noise hits them alike; medians and quartiles are reported. The paper's numbers (GTX 1080Ti,
+PyTorch; PAPER.md §2 Table 3) are printed beside ours; compare ratios, not absolute times.
+
+    snf-tf bench models                      # ≈ 10-20 min on a 2-core CPU
+    snf-tf bench models --quick              # FC and conv models only, 3 rounds
+    snf-tf bench models --set hidden_channels=64   # narrower Glow couplings
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from snf_tf import experiments  # noqa: E402
+
+__all__ = ["MODELS", "PAPER_TABLE3", "main", "time_models"]
+
+#: Table 3 rows: experiment name → (label, paper ms/batch, paper ms/sample)
+PAPER_TABLE3 = {
+    "exact_fc_mnist": ("Exact FC 2L", 44.9, 61.5),
+    "relative_fc_mnist": ("RelGrad FC 2L", 7.0, 69.2),
+    "selfnorm_fc_mnist": ("SNF FC 2L", 18.7, 38.6),
+    "exact_cnn_mnist": ("Exact Conv 9L", 372.2, 241.6),
+    "emerging_cnn_mnist": ("Emerging 9L", 305.0, 71.7),
+    "exponential_cnn_mnist": ("ConvExp 9L", 304.4, 84.2),
+    "selfnorm_cnn_mnist": ("SNF Conv 9L", 212.5, 29.9),
+    "conv1x1_glow_mnist": ("Glow 32L", 583.4, 163.1),
+    "selfnorm_glow_mnist": ("SNF Glow 32L", 476.4, 30.6),
+}
+MODELS = tuple(PAPER_TABLE3)
+
+
+def _prepare(name, overrides, batch):
+    cfg = experiments.config(name, **(overrides if experiments.get(name).model == "glow" else {}))
+    model = experiments.build_model(cfg)
+    x = np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1)).astype(np.uint8)
+    model.build((None, 28, 28, 1))
+    model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]))
+    model.log_prob(x[:2])  # data-dependent initialisation (ActNorm) and caches
+
+    def train():
+        logs = model.train_on_batch(x, return_dict=True)
+        if not np.isfinite(logs["loss"]):
+            raise FloatingPointError(f"{name}: non-finite training loss")
+
+    sample_fn = tf.function(lambda: model.sample(1, seed=0))
+
+    def sample():
+        sample_fn().numpy()
+
+    return {"train": train, "sample": sample}
+
+
+def time_models(names, rounds, warmup, overrides=None, batch=100):
+    """``{name: {"train": [ms...], "sample": [ms...]}}``, timed round-robin."""
+    keras.utils.set_random_seed(0)
+    fns = {name: _prepare(name, overrides or {}, batch) for name in names}
+    for name, pair in fns.items():
+        for _ in range(warmup):
+            pair["train"]()
+            pair["sample"]()
+    times = {name: {"train": [], "sample": []} for name in names}
+    order = list(names)
+    for r in range(rounds):
+        shift = r % len(order)
+        for name in order[shift:] + order[:shift]:
+            for kind in ("train", "sample"):
+                start = time.perf_counter()
+                fns[name][kind]()
+                times[name][kind].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def _stats(ms):
+    p25, median, p75 = np.percentile(ms, [25, 50, 75])
+    return {"median_ms": float(median), "p25_ms": float(p25), "p75_ms": float(p75),
+            "times_ms": [float(t) for t in ms]}
+
+
+def _plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["label"] for row in rows]
+    y = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, kind, title in ((axes[0], "train", "ms per training batch (100)"),
+                            (axes[1], "sample", "ms per sample")):
+        ours = [row[kind]["median_ms"] for row in rows]
+        paper = [row[f"paper_{kind}_ms"] for row in rows]
+        ax.barh(y - 0.2, ours, 0.4, label="this CPU (median)")
+        ax.barh(y + 0.2, paper, 0.4, label="paper (GTX 1080Ti)")
+        ax.set_xscale("log")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, labels)
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="snf-tf bench models",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the Glow models (e.g. hidden_channels=64)")
+    parser.add_argument("--quick", action="store_true",
+                        help="FC and conv models only, 3 rounds, 1 warm-up")
+    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be >= 1 and --warmup >= 0")
+    overrides = dict(experiments.parse_override(text) for text in args.set)
+    names = args.models
+    if args.quick:
+        names = [n for n in names if "glow" not in n]
+        args.rounds, args.warmup = 3, 1
+    os.makedirs(args.out, exist_ok=True)
+    times = time_models(names, args.rounds, args.warmup, overrides)
+    rows = []
+    print(f"{'model':15s} {'ms/batch':>9s} {'paper':>7s} {'ms/sample':>10s} {'paper':>7s}")
+    for name in names:
+        label, paper_train, paper_sample = PAPER_TABLE3[name]
+        row = {"name": name, "label": label, "train": _stats(times[name]["train"]),
+               "sample": _stats(times[name]["sample"]), "paper_train_ms": paper_train,
+               "paper_sample_ms": paper_sample}
+        rows.append(row)
+        print(f"{label:15s} {row['train']['median_ms']:9.1f} {paper_train:7.1f} "
+              f"{row['sample']['median_ms']:10.1f} {paper_sample:7.1f}", flush=True)
+    info = {"tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "args": vars(args), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with open(os.path.join(args.out, "model_timing.json"), "w") as f:
+        json.dump({"machine": info, "results": rows}, f, indent=1)
+    _plot(rows, os.path.join(args.out, "model_timing.png"))
+    print(f"wrote {os.path.join(args.out, 'model_timing.json')} and model_timing.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

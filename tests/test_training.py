@@ -1,0 +1,214 @@
+"""snf_tf.training: the run folder, --resume after an interruption (exception and SIGKILL),
+no clobbering, divergence, determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from snf_tf import training
+
+needs_mnist = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(os.environ.get("TFDS_DATA_DIR", "/nonexistent"), "mnist")),
+    reason="real MNIST (../shared/tensorflow_datasets) not available")
+
+TINY = dict(train_examples=300, eval_examples=200)
+
+
+def _metrics(folder):
+    with open(os.path.join(folder, "metrics.json")) as f:
+        return json.load(f)
+
+
+def _weights(path):
+    """Every array in a Keras ``.weights.h5`` file, by its path in the file."""
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def _assert_same_weights(a, b, rtol=1e-6):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and len(wa) > 5
+    for key in wa:
+        np.testing.assert_allclose(wa[key], wb[key], rtol=rtol, atol=1e-7, err_msg=key)
+
+
+def _without_timing(metrics):
+    return [{k: v for k, v in entry.items() if k not in training.TIMING_KEYS}
+            for entry in metrics["epochs"]]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "fc")
+    training.run("selfnorm_fc_mnist", out, epochs=2, verbose=0, **TINY)
+    return out
+
+
+@needs_mnist
+def test_run_folder_has_every_documented_file_and_key(finished_run):
+    names = set(os.listdir(finished_run))
+    assert {"config.json", "metrics.json", "best.keras", "samples.png", "samples_exact.png",
+            "curves.png", "tensorboard", "backup"} <= names
+    assert any(name.startswith("events.out") for _, _, files in os.walk(
+        os.path.join(finished_run, "tensorboard")) for name in files)
+    metrics = _metrics(finished_run)
+    assert metrics["status"] == "finished" and len(metrics["epochs"]) == 2
+    for entry in metrics["epochs"]:
+        assert set(training.EPOCH_KEYS) <= set(entry), set(training.EPOCH_KEYS) - set(entry)
+        assert np.isclose(entry["val_bpd"], entry["val_nll"] / (784 * np.log(2)))
+        assert entry["steps_per_second"] > 0 and entry["epoch_seconds"] >= entry["train_seconds"]
+    best = metrics["best"]
+    assert best["epoch"] == min(metrics["epochs"], key=lambda e: e["val_nll"])["epoch"]
+    assert metrics["paper"]["value"] == 947.1
+    config = json.load(open(os.path.join(finished_run, "config.json")))
+    assert config["config"]["epochs"] == 2 and config["config"]["train_examples"] == 300
+    assert "tensorflow" in config["versions"]
+
+
+@needs_mnist
+def test_best_checkpoint_gives_the_reported_test_nll(finished_run):
+    from snf_tf import data, export
+
+    model = export.load_checkpoint(os.path.join(finished_run, "best.keras"))
+    test = data.load("mnist", "test", 200, limit=200)
+    nll = model.evaluate(test, verbose=0, return_dict=True)["nll"]
+    # one fresh dequantization sample per evaluation: equal up to the noise of 200 images
+    assert abs(nll - _metrics(finished_run)["best"]["test_nll"]) < 5.0
+
+
+@needs_mnist
+def test_an_existing_run_is_never_overwritten(finished_run):
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        training.prepare("selfnorm_fc_mnist", finished_run, epochs=2, **TINY)
+    with pytest.raises(ValueError, match="already finished 2 epochs; pass a larger --epochs"):
+        training.prepare("selfnorm_fc_mnist", finished_run, resume=True, epochs=2, **TINY)
+    with pytest.raises(ValueError, match="settings learning_rate differ"):
+        training.prepare("selfnorm_fc_mnist", finished_run, resume=True, epochs=3,
+                         learning_rate=1e-3, **TINY)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises in the middle of epoch ``epoch`` (0-based), like a crash or Ctrl-C."""
+
+    def __init__(self, epoch, batch=1):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+@needs_mnist
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, finished_run):
+    out = str(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        training.run("selfnorm_fc_mnist", out, epochs=2, verbose=0,
+                     extra_callbacks=[_Interrupt(epoch=1)], **TINY)
+    assert _metrics(out)["status"] == "running" and len(_metrics(out)["epochs"]) == 1
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=2, verbose=0, **TINY)
+    assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
+    _assert_same_weights(os.path.join(out, "backup", "latest.weights.h5"),
+                         os.path.join(finished_run, "backup", "latest.weights.h5"))
+
+
+@needs_mnist
+def test_a_finished_run_continues_for_more_epochs(tmp_path, finished_run):
+    out = str(tmp_path / "longer")
+    training.run("selfnorm_fc_mnist", out, epochs=1, verbose=0, **TINY)
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=2, verbose=0, **TINY)
+    assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
+
+
+@needs_mnist
+def test_same_seed_same_metrics(tmp_path, finished_run):
+    """Determinism on CPU: everything but the timings is identical (see README for GPUs)."""
+    out = str(tmp_path / "again")
+    training.run("selfnorm_fc_mnist", out, epochs=2, verbose=0, **TINY)
+    assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
+    other = str(tmp_path / "seed1")
+    training.run("selfnorm_fc_mnist", other, epochs=1, seed=1, verbose=0, **TINY)
+    assert _metrics(other)["epochs"][0]["val_nll"] != _metrics(out)["epochs"][0]["val_nll"]
+
+
+class _PoisonWeights(keras.callbacks.Callback):
+    """Makes one weight NaN after batch ``batch`` of epoch ``epoch``: the next loss is NaN."""
+
+    def __init__(self, epoch, batch=0):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            weight = self.model.trainable_weights[0]
+            weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+
+
+@needs_mnist
+def test_divergence_stops_and_keeps_the_last_good_state(tmp_path):
+    out = str(tmp_path / "diverged")
+    with pytest.warns(RuntimeWarning, match="non-finite weights"):
+        with pytest.raises(training.TrainingDiverged, match="non-finite in epoch 2"):
+            training.run("selfnorm_fc_mnist", out, epochs=3, verbose=0,
+                         extra_callbacks=[_PoisonWeights(epoch=1)], **TINY)
+    metrics = _metrics(out)
+    assert metrics["status"] == "diverged" and len(metrics["epochs"]) == 2
+    assert metrics["best"]["epoch"] == 1
+    for path in (os.path.join(out, "backup", "latest.weights.h5"),):
+        assert all(np.all(np.isfinite(a)) for a in _weights(path).values()
+                   if np.issubdtype(np.asarray(a).dtype, np.floating))
+    from snf_tf import export
+
+    best = export.load_checkpoint(os.path.join(out, "best.keras"))
+    assert all(np.all(np.isfinite(w)) for w in best.get_weights())
+
+
+def _cli(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, "-m", "snf_tf", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@needs_mnist
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    args = ["train", "selfnorm_fc_mnist", "--epochs", "3", "--train-examples", "2000",
+            "--eval-examples", "200", "--quiet"]
+    reference = _cli(args + ["--out", str(tmp_path / "reference")])
+    killed_dir = tmp_path / "killed"
+    victim = _cli(args + ["--out", str(killed_dir)])
+    metadata = killed_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if metadata.exists() and json.loads(metadata.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert victim.poll() is None, victim.communicate()[1][-2000:]
+    time.sleep(0.5)  # into epoch 2
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert _metrics(killed_dir)["status"] == "running"
+    resumed = _cli(args + ["--out", str(killed_dir), "--resume"])
+    for process in (resumed, reference):
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    assert _without_timing(_metrics(killed_dir)) == _without_timing(
+        _metrics(tmp_path / "reference"))
+    _assert_same_weights(killed_dir / "backup" / "latest.weights.h5",
+                         tmp_path / "reference" / "backup" / "latest.weights.h5")
