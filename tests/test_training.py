@@ -98,19 +98,28 @@ def test_an_existing_run_is_never_overwritten(finished_run):
                          learning_rate=1e-3, **TINY)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Raises in the middle of epoch ``epoch`` (0-based), like a crash or Ctrl-C."""
+class _AtBatch(keras.callbacks.Callback):
+    """Calls ``action(model)`` after batch ``batch`` of epoch ``epoch`` (0-based)."""
 
-    def __init__(self, epoch, batch=1):
+    def __init__(self, epoch, action, batch=1):
         super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, 0
+        self.epoch, self.action, self.batch, self.current = epoch, action, batch, 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.current = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if self.current == self.epoch and batch == self.batch:
-            raise KeyboardInterrupt("simulated interruption")
+            self.action(self.model)
+
+
+def _interrupt(model):  # like a crash or Ctrl-C
+    raise KeyboardInterrupt("simulated interruption")
+
+
+def _poison(model):  # one weight NaN: the next loss is NaN
+    weight = model.trainable_weights[0]
+    weight.assign(np.full(weight.shape, np.nan, weight.dtype))
 
 
 @needs_mnist
@@ -118,7 +127,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, fini
     out = str(tmp_path / "interrupted")
     with pytest.raises(KeyboardInterrupt):
         training.run("selfnorm_fc_mnist", out, epochs=2, verbose=0,
-                     extra_callbacks=[_Interrupt(epoch=1)], **TINY)
+                     extra_callbacks=[_AtBatch(1, _interrupt)], **TINY)
     assert _metrics(out)["status"] == "running" and len(_metrics(out)["epochs"]) == 1
     training.run("selfnorm_fc_mnist", out, resume=True, epochs=2, verbose=0, **TINY)
     assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
@@ -145,29 +154,13 @@ def test_same_seed_same_metrics(tmp_path, finished_run):
     assert _metrics(other)["epochs"][0]["val_nll"] != _metrics(out)["epochs"][0]["val_nll"]
 
 
-class _PoisonWeights(keras.callbacks.Callback):
-    """Makes one weight NaN after batch ``batch`` of epoch ``epoch``: the next loss is NaN."""
-
-    def __init__(self, epoch, batch=0):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == self.batch:
-            weight = self.model.trainable_weights[0]
-            weight.assign(np.full(weight.shape, np.nan, weight.dtype))
-
-
 @needs_mnist
 def test_divergence_stops_and_keeps_the_last_good_state(tmp_path):
     out = str(tmp_path / "diverged")
     with pytest.warns(RuntimeWarning, match="non-finite weights"):
         with pytest.raises(training.TrainingDiverged, match="non-finite in epoch 2"):
             training.run("selfnorm_fc_mnist", out, epochs=3, verbose=0,
-                         extra_callbacks=[_PoisonWeights(epoch=1)], **TINY)
+                         extra_callbacks=[_AtBatch(1, _poison, batch=0)], **TINY)
     metrics = _metrics(out)
     assert metrics["status"] == "diverged" and len(metrics["epochs"]) == 2
     assert metrics["best"]["epoch"] == 1
