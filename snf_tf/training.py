@@ -58,6 +58,8 @@ def prepare_run_dir(out, resume):
     ancestor = out
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"cannot create the output folder {out}: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write the output folder {out}: {ancestor} is not writable")
     has_run = os.path.exists(os.path.join(out, "metrics.json"))
