@@ -114,8 +114,13 @@ class ImageGrid(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        grids = {"samples": image_grid(self.model.sample(
-            self.n, temperature=self.temperature, seed=self.seed).numpy())}
+        try:
+            samples = self.model.sample(self.n, temperature=self.temperature, seed=self.seed)
+        except tf.errors.OpError as error:  # a picture is never worth a lost training run
+            warnings.warn(f"ImageGrid: no samples after epoch {epoch + 1}: {error.message}",
+                          RuntimeWarning, stacklevel=2)
+            return
+        grids = {"samples": image_grid(samples.numpy())}
         if self.reconstruct is not None:
             pairs = np.concatenate([self.reconstruct, self.model.reconstruct(self.reconstruct)], 0)
             grids["reconstructions"] = image_grid(pairs, columns=len(self.reconstruct))
@@ -206,7 +211,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_train_begin(logs)
 
     def _save_model(self):
-        if not all(np.all(np.isfinite(v)) for v in self.model.get_weights()):
+        # trainable weights only: stale log-det caches hold NaN by design (layers/selfnorm.py)
+        if not all(np.all(np.isfinite(w.numpy())) for w in self.model.trainable_weights):
             warnings.warn("AtomicBackupAndRestore: non-finite weights; the backup keeps the "
                           "last finite state.", RuntimeWarning, stacklevel=2)
             return

@@ -27,9 +27,11 @@ import math
 import os
 import platform
 import time
+import warnings
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from snf_tf import callbacks as snf_callbacks
 from snf_tf import experiments
@@ -182,7 +184,12 @@ def _write_samples(model, out, seed):
     if any(getattr(layer, "learns_inverse", False) for layer in model.flow_layers):
         variants.append(("samples_exact.png", True))
     for filename, exact in variants:
-        samples = model.sample(64, exact_inverse=exact, seed=seed).numpy()
+        try:
+            samples = model.sample(64, exact_inverse=exact, seed=seed).numpy()
+        except tf.errors.OpError as error:  # e.g. a layer that is numerically not invertible
+            warnings.warn(f"{filename} not written: sampling failed: {error.message}",
+                          RuntimeWarning, stacklevel=2)
+            continue
         samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)
         save_png(os.path.join(out, filename), image_grid(samples))
         written.append(filename)

@@ -116,3 +116,60 @@ def test_save_atomically_leaves_no_temporary_files(tmp_path):
     model.log_prob(_data(2))
     cb.save_atomically(model, str(tmp_path / "m.keras"))
     assert os.listdir(tmp_path) == ["m.keras"]
+
+
+def test_image_grid_survives_a_model_that_cannot_sample(tmp_path):
+    """A singular inverse must cost a picture, never the training run."""
+    model = FlowModel([SelfNormConv2D(3)])
+    model.build((None, 6, 6, 1))
+    grid = cb.ImageGrid(str(tmp_path), every=1, n=4)
+    grid.set_model(model)
+
+    def singular(*args, **kwargs):
+        raise tf.errors.InvalidArgumentError(None, None, "Input is not invertible.")
+
+    model.sample = singular
+    with pytest.warns(RuntimeWarning, match="no samples after epoch 1: Input is not invertible"):
+        grid.on_epoch_end(0)
+    assert not os.path.exists(tmp_path / "samples.png")
+
+
+def test_atomic_backup_survives_a_kill_between_the_renames(tmp_path):
+    """Killed after ``backup → backup.old`` and before ``.tmp → backup``: the old backup is
+    found and restored complete."""
+    model = FlowModel([SelfNormDense()])
+    model.build((None, 4))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.optimizer.build(model.trainable_variables)
+    backup = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    backup._current_epoch = 3
+    backup._save_model()
+    assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 3
+    saved = [w.copy() for w in model.get_weights()]
+    os.replace(tmp_path / "backup", tmp_path / "backup.old")  # the kill happened here
+    os.makedirs(tmp_path / "backup.tmp")                       # a half-written new backup
+    assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 3
+    for weight in model.trainable_weights:
+        weight.assign(tf.zeros_like(weight))
+    restored = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    restored.set_model(model)
+    restored.on_train_begin()
+    assert model._initial_epoch == 3
+    for a, b in zip(model.get_weights(), saved):
+        np.testing.assert_array_equal(a, b)
+    assert not os.path.exists(tmp_path / "backup.tmp")
+
+
+def test_atomic_backup_never_stores_non_finite_weights(tmp_path):
+    model = FlowModel([SelfNormDense()])
+    model.build((None, 4))
+    backup = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    backup._current_epoch = 1
+    backup._save_model()
+    model.trainable_weights[0].assign(np.full((4, 4), np.nan, np.float32))
+    backup._current_epoch = 2
+    with pytest.warns(RuntimeWarning, match="non-finite weights"):
+        backup._save_model()
+    assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 1

@@ -3,7 +3,8 @@
 What is measured, per model (the reference configs of :mod:`snf_tf.experiments`, full size unless
 ``--set`` says otherwise; MNIST-shaped uint8 inputs, batch 100):
 
-* **ms/batch** — one ``train_on_batch`` (forward, backward, reconstruction loss, Adam update)
+* **ms/batch** — on a batch of real MNIST images (noise images when tfds has no MNIST), one
+  ``train_on_batch`` (forward, backward, reconstruction loss, Adam update)
   through the model's compiled train function, as in ``fit`` (XLA where the layers allow it);
 * **ms/sample** — one sample (n = 1) through the learned inverse (or the only inverse), in a
   ``tf.function``.
@@ -31,7 +32,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from snf_tf import experiments  # noqa: E402
+from snf_tf import callbacks, experiments  # noqa: E402
 
 __all__ = ["MODELS", "PAPER_TABLE3", "main", "time_models"]
 
@@ -50,12 +51,23 @@ PAPER_TABLE3 = {
 MODELS = tuple(PAPER_TABLE3)
 
 
-def _prepare(name, overrides, batch):
+def _images(batch):
+    """A batch of real MNIST training images when tfds has them, else uniform noise images."""
+    from snf_tf import data
+
+    try:
+        return next(iter(data.load("mnist", "train", batch, limit=batch))).numpy()
+    except FileNotFoundError:
+        return np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1)).astype(np.uint8)
+
+
+def _prepare(name, overrides, x):
     cfg = experiments.config(name, **(overrides if experiments.get(name).model == "glow" else {}))
     model = experiments.build_model(cfg)
-    x = np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1)).astype(np.uint8)
     model.build((None, 28, 28, 1))
-    model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]))
+    # the experiment's own warm-up (500 steps an epoch): the timed steps are its first steps
+    schedule = callbacks.LinearWarmup(cfg["learning_rate"], cfg["warmup_epochs"] * 500)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=cfg["jit_compile"])
     model.log_prob(x[:2])  # data-dependent initialisation (ActNorm) and caches
 
     def train():
@@ -72,26 +84,42 @@ def _prepare(name, overrides, batch):
 
 
 def time_models(names, rounds, warmup, overrides=None, batch=100):
-    """``{name: {"train": [ms...], "sample": [ms...]}}``, timed round-robin."""
+    """``({name: {"train": [ms...], "sample": [ms...]}}, {name: {kind: error}})``, timed
+    round-robin; a step that fails (e.g. sampling through a numerically singular inverse) is
+    recorded as a failure and not timed again."""
     keras.utils.set_random_seed(0)
-    fns = {name: _prepare(name, overrides or {}, batch) for name in names}
+    x = _images(batch)
+    fns = {name: _prepare(name, overrides or {}, x) for name in names}
+    failures = {}
     for name, pair in fns.items():
         for _ in range(warmup):
-            pair["train"]()
-            pair["sample"]()
+            for kind in ("train", "sample"):
+                try:
+                    pair[kind]()
+                except tf.errors.OpError as error:
+                    failures.setdefault(name, {})[kind] = error.message.splitlines()[0]
     times = {name: {"train": [], "sample": []} for name in names}
     order = list(names)
     for r in range(rounds):
         shift = r % len(order)
         for name in order[shift:] + order[:shift]:
             for kind in ("train", "sample"):
+                if kind in failures.get(name, {}):
+                    continue
                 start = time.perf_counter()
-                fns[name][kind]()
+                try:
+                    fns[name][kind]()
+                except tf.errors.OpError as error:  # e.g. a numerically singular inverse
+                    failures.setdefault(name, {})[kind] = error.message.splitlines()[0]
+                    continue
                 times[name][kind].append(1e3 * (time.perf_counter() - start))
-    return times
+    return times, failures
 
 
 def _stats(ms):
+    if not ms:
+        return {"median_ms": float("nan"), "p25_ms": float("nan"), "p75_ms": float("nan"),
+                "times_ms": []}
     p25, median, p75 = np.percentile(ms, [25, 50, 75])
     return {"median_ms": float(median), "p25_ms": float(p25), "p75_ms": float(p75),
             "times_ms": [float(t) for t in ms]}
@@ -142,17 +170,19 @@ def main(argv=None):
         names = [n for n in names if "glow" not in n]
         args.rounds, args.warmup = 3, 1
     os.makedirs(args.out, exist_ok=True)
-    times = time_models(names, args.rounds, args.warmup, overrides)
+    times, failures = time_models(names, args.rounds, args.warmup, overrides)
     rows = []
     print(f"{'model':15s} {'ms/batch':>9s} {'paper':>7s} {'ms/sample':>10s} {'paper':>7s}")
     for name in names:
         label, paper_train, paper_sample = PAPER_TABLE3[name]
         row = {"name": name, "label": label, "train": _stats(times[name]["train"]),
                "sample": _stats(times[name]["sample"]), "paper_train_ms": paper_train,
-               "paper_sample_ms": paper_sample}
+               "paper_sample_ms": paper_sample, "failures": failures.get(name, {})}
         rows.append(row)
         print(f"{label:15s} {row['train']['median_ms']:9.1f} {paper_train:7.1f} "
-              f"{row['sample']['median_ms']:10.1f} {paper_sample:7.1f}", flush=True)
+              f"{row['sample']['median_ms']:10.1f} {paper_sample:7.1f}"
+              + "".join(f"  ({kind} failed: {msg})" for kind, msg in row["failures"].items()),
+              flush=True)
     info = {"tensorflow": tf.__version__, "keras": keras.__version__,
             "python": platform.python_version(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU")),
