@@ -39,7 +39,8 @@ from snf_tf import experiments
 __all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "plot_curves", "prepare",
            "prepare_run_dir", "run"]
 
-#: keys of every ``metrics.json`` epoch entry (``recon`` only for models with learned inverses)
+#: keys of every ``metrics.json`` epoch entry; models with learned inverses also log
+#: ``inverse_error_max``, the largest ‖RW − I‖_F over their layers after the epoch
 EPOCH_KEYS = ("epoch", "loss", "nll", "recon", "val_nll", "val_bpd", "test_nll", "test_bpd",
               "best_epoch", "learning_rate", "epoch_seconds", "train_seconds", "steps_per_second")
 #: the keys that depend on the machine's speed (everything else is a function of the seed)
@@ -131,6 +132,9 @@ class _RunLog(keras.callbacks.Callback):
             value = float(np.asarray(value).reshape(-1)[0])
             entry[key] = int(value) if key == "best_epoch" else value
         entry["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        errors = self.model.inverse_errors()  # ‖RW − I‖_F per layer with a learned inverse
+        if errors:
+            entry["inverse_error_max"] = max(errors.values())
         entry.update(epoch_seconds=now - self.start, train_seconds=train_seconds,
                      steps_per_second=self.steps / train_seconds if train_seconds > 0 else None)
         self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]

@@ -68,6 +68,7 @@ def test_run_folder_has_every_documented_file_and_key(finished_run):
         assert set(training.EPOCH_KEYS) <= set(entry), set(training.EPOCH_KEYS) - set(entry)
         assert np.isclose(entry["val_bpd"], entry["val_nll"] / (784 * np.log(2)))
         assert entry["steps_per_second"] > 0 and entry["epoch_seconds"] >= entry["train_seconds"]
+        assert 0 < entry["inverse_error_max"] < 1.0  # R stays close to W⁻¹
     best = metrics["best"]
     assert best["epoch"] == min(metrics["epochs"], key=lambda e: e["val_nll"])["epoch"]
     assert metrics["paper"]["value"] == 947.1
