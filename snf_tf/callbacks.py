@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from snf_tf.layers.base import NonFiniteError
+
 __all__ = ["AtomicBackupAndRestore", "BestValidationTest", "Geco", "ImageGrid", "LinearWarmup",
            "image_grid", "save_atomically", "save_png"]
 
@@ -116,8 +118,9 @@ class ImageGrid(keras.callbacks.Callback):
             return
         try:
             samples = self.model.sample(self.n, temperature=self.temperature, seed=self.seed)
-        except tf.errors.OpError as error:  # a picture is never worth a lost training run
-            warnings.warn(f"ImageGrid: no samples after epoch {epoch + 1}: {error.message}",
+        except (tf.errors.OpError, NonFiniteError) as error:  # a picture never costs a run
+            warnings.warn(f"ImageGrid: no samples after epoch {epoch + 1}: "
+                          f"{getattr(error, 'message', error)}",
                           RuntimeWarning, stacklevel=2)
             return
         grids = {"samples": image_grid(samples.numpy())}

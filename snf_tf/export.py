@@ -35,6 +35,9 @@ Design decisions (documented contract of the exported endpoints):
   and the dropped half of the k-th ``SplitPrior`` met on the way back (k = 0, 1, ...) with
   ``seed=[seed + 1, k]``. For models with at most one ``SplitPrior`` this equals
   ``model.sample(n, seed=seed)`` exactly.
+- **Bad input** fails inside the served graph with an ``InvalidArgumentError`` naming the
+  endpoint: NaN or inf in ``x`` / ``z`` (``tf.debugging.check_numerics``), ``n < 1``. A wrong shape
+  or dtype is refused by the signature itself.
 - **inverse(z)** has no randomness: the halves that ``SplitPrior`` layers factored out are set to
   their mode, 0 (temperature 0). It equals ``model.inverse(z, temperature=0.0)``.
 """
@@ -179,18 +182,24 @@ def export_saved_model(model, path, overwrite=True):
     n_spec = tf.TensorSpec((), tf.int32, name="n")
     seed_spec = tf.TensorSpec((), tf.int32, name="seed")
 
+    # The served graphs check their inputs themselves (no snf_tf on the serving side): NaN or inf
+    # inputs and n < 1 fail with an InvalidArgumentError naming the endpoint.
+    def finite(t, endpoint):
+        return tf.debugging.check_numerics(t, f"{endpoint}: the input holds NaN or inf")
+
     def log_prob_fn(x):
-        return log_prob(model, x)
+        return log_prob(model, finite(x, "log_prob"))
 
     def forward_fn(x):
-        z, log_det = forward(model, x, exact=True)
+        z, log_det = forward(model, finite(x, "forward"), exact=True)
         return {"z": z, "log_det": log_det}
 
     def inverse_fn(z):
-        return inverse(model, z)
+        return inverse(model, finite(z, "inverse"))
 
     def sample_fn(n, seed):
-        return sample(model, n, seed)
+        with tf.control_dependencies([tf.debugging.assert_positive(n, "sample: n must be >= 1")]):
+            return sample(model, tf.identity(n), seed)
 
     archive = keras.export.ExportArchive()
     with frozen_log_dets(model):

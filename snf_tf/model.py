@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.base import FlowLayer, NonFiniteError, check_batch_values
 
 __all__ = ["FlowModel"]
 
@@ -25,6 +25,48 @@ def _step_logs(logs):
     if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
         return {key: tf.reshape(value, [1]) for key, value in logs.items()}
     return logs
+
+
+class _naming_the_culprit:
+    """Re-raise a layer's :class:`NonFiniteError` about its inputs as one about the layer that
+    produced them (eager calls only: traced functions do not check values)."""
+
+    def __init__(self, producer, direction):
+        self.producer, self.direction = producer, direction
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if self.producer is not None and kind is not None and issubclass(kind, NonFiniteError):
+            hint = ("" if self.direction == "forward" else
+                    " Its inverse is numerically unstable (a learned inverse far from W⁻¹, or a "
+                    "singular weight matrix); try exact_inverse=True / exact=True.")
+            raise NonFiniteError(
+                f"FlowModel: the {self.direction} of layer {self.producer.name!r} produced "
+                f"non-finite values from finite inputs ({error}).{hint}") from None
+        return False
+
+
+def _check_fit_data(x):
+    """``ValueError`` for data ``fit``/``evaluate`` cannot use: an empty array or dataset, or an
+    array with NaN/inf (which would turn the first step's weights into NaN)."""
+    if isinstance(x, tf.data.Dataset):
+        if int(x.cardinality()) == 0:
+            raise ValueError("FlowModel: the dataset is empty (cardinality 0).")
+        return
+    if isinstance(x, (tuple, list)) and x:
+        x = x[0]
+    if not isinstance(x, (np.ndarray, tf.Tensor)) or not hasattr(x, "shape"):
+        return
+    array = np.asarray(x)
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise ValueError(f"FlowModel: the data is empty (shape {array.shape}).")
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise NonFiniteError(f"FlowModel: the data has {bad} non-finite value(s) (NaN or inf) "
+                                 f"out of {array.size}.")
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
@@ -72,9 +114,10 @@ class FlowModel(keras.Model):
         x = self._check_data(x)
         log_det = tf.zeros(tf.shape(x)[:1], dtype=self.compute_dtype)
         recon = tf.zeros([], dtype=self.compute_dtype)
-        for layer in self.flow_layers:
-            x, layer_log_det, layer_recon = layer.forward_with_reconstruction(
-                x, exact=exact, training=training)
+        for i, layer in enumerate(self.flow_layers):
+            with _naming_the_culprit(self.flow_layers[i - 1] if i else None, "forward"):
+                x, layer_log_det, layer_recon = layer.forward_with_reconstruction(
+                    x, exact=exact, training=training)
             log_det = log_det + tf.cast(layer_log_det, log_det.dtype)
             if layer_recon is not None:
                 recon = recon + tf.cast(layer_recon, recon.dtype)
@@ -85,13 +128,16 @@ class FlowModel(keras.Model):
         factored dimensions out (SplitPrior) sample them at ``temperature``; with an int ``seed``
         the k-th of them met on the way back draws statelessly with seed ``(seed, k)``."""
         k = 0  # the k-th factored-out layer met on the way back draws with seed (seed, k)
+        previous = None
         for layer in reversed(self.flow_layers):
-            if getattr(layer, "samples_on_inverse", False):
-                layer_seed = None if seed is None else (int(seed), k)
-                z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed)
-                k += 1
-            else:
-                z = layer.inverse(z, exact=exact)
+            with _naming_the_culprit(previous, "inverse"):
+                if getattr(layer, "samples_on_inverse", False):
+                    layer_seed = None if seed is None else (int(seed), k)
+                    z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed)
+                    k += 1
+                else:
+                    z = layer.inverse(z, exact=exact)
+            previous = layer
         return z
 
     def _check_data(self, x):
@@ -108,6 +154,7 @@ class FlowModel(keras.Model):
             )
         if not (x.dtype.is_floating or x.dtype.is_integer):
             raise ValueError(f"FlowModel: inputs must be numbers, got dtype {x.dtype.name}.")
+        check_batch_values(x, "FlowModel", "inputs")
         return tf.cast(x, self.compute_dtype)
 
     def build(self, input_shape):
@@ -173,8 +220,10 @@ class FlowModel(keras.Model):
                 layer.refresh_log_det()
 
     def _build_from_data(self, x):
-        """Build eagerly from the data's shape: TF traces (and XLA compiles) the first step, and
+        """Check in-memory data (empty, non-finite) and empty datasets before any step runs, and
+        build eagerly from the data's shape: TF traces (and XLA compiles) the first step, and
         XLA cannot create variables."""
+        _check_fit_data(x)
         if self.built or x is None:
             return
         if isinstance(x, tf.data.Dataset):
@@ -238,6 +287,8 @@ class FlowModel(keras.Model):
         """``n`` samples: ``z ~ N(0, T²I)`` pushed through the inverse (learned R by default)."""
         if not self.built:
             raise ValueError("FlowModel.sample: build the model first (call it on data once).")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"FlowModel.sample: n must be a positive int, got {n!r}.")
         if seed is None:
             z = tf.random.normal((n,) + self.latent_shape, stddev=temperature,
                                  dtype=self.compute_dtype)

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from snf_tf import callbacks as snf_callbacks
 from snf_tf import experiments
+from snf_tf.layers.base import NonFiniteError
 
 __all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "plot_curves", "prepare",
            "prepare_run_dir", "run"]
@@ -154,13 +155,16 @@ class _RunLog(keras.callbacks.Callback):
 
 
 def plot_curves(history, path, title):
-    """Training loss and validation/test NLL per epoch, as a PNG."""
+    """Training loss, validation/test NLL and (models with learned inverses) the largest
+    ‖RW − I‖_F per epoch, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [e["epoch"] for e in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    inverse_errors = [e.get("inverse_error_max", math.nan) for e in history]
+    learned = any(math.isfinite(v) for v in inverse_errors)
+    fig, axes = plt.subplots(1, 3 if learned else 2, figsize=(15 if learned else 10, 3.6))
     axes[0].plot(epochs, [e.get("loss", math.nan) for e in history], "o-", ms=3)
     axes[0].set_title("training loss (SNF log-dets count as 0)", fontsize=9)
     for key, style in (("val_nll", "o-"), ("test_nll", "s--")):
@@ -168,6 +172,9 @@ def plot_curves(history, path, title):
                      label=key.replace("_nll", ""))
     axes[1].set_title("exact NLL [nats] (test: at the best validation epoch)", fontsize=9)
     axes[1].legend()
+    if learned:  # how far the learned inverses are from W⁻¹ (the SNF gradient's error)
+        axes[2].semilogy(epochs, inverse_errors, "o-", ms=3)
+        axes[2].set_title("largest ‖RW − I‖_F over the layers", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -190,8 +197,9 @@ def _write_samples(model, out, seed):
     for filename, exact in variants:
         try:
             samples = model.sample(64, exact_inverse=exact, seed=seed).numpy()
-        except tf.errors.OpError as error:  # e.g. a layer that is numerically not invertible
-            warnings.warn(f"{filename} not written: sampling failed: {error.message}",
+        except (tf.errors.OpError, NonFiniteError) as error:  # a numerically singular inverse
+            warnings.warn(f"{filename} not written: sampling failed: "
+                          f"{getattr(error, 'message', error)}",
                           RuntimeWarning, stacklevel=2)
             continue
         samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)

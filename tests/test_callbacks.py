@@ -101,8 +101,9 @@ def test_non_finite_loss_stops_training_and_keeps_the_best_checkpoint(tmp_path):
               callbacks=[cb.BestValidationTest(x, checkpoint_path=path)])
     saved = os.path.getmtime(path)
     poisoned = x.copy()
-    poisoned[20] = np.nan  # the second batch
-    history = model.fit(poisoned, batch_size=16, epochs=2, verbose=0, validation_data=(x,),
+    poisoned[20] = np.nan  # the second batch; streamed (arrays with NaN are refused up front)
+    poisoned = tf.data.Dataset.from_tensor_slices(poisoned).batch(16)
+    history = model.fit(poisoned, epochs=2, verbose=0, validation_data=(x,),
                         callbacks=[keras.callbacks.TerminateOnNaN(),
                                    cb.BestValidationTest(x, checkpoint_path=path)]).history
     assert math.isnan(history["loss"][-1]) and len(history["loss"]) == 1

@@ -1,4 +1,5 @@
-"""snf_tf.data: real MNIST from ../shared, mocked CIFAR-10 / ImageNet32, augmentation, errors."""
+"""snf_tf.data: real MNIST from ../shared, mocked CIFAR-10 / ImageNet32, augmentation (bad
+arguments: test_bad_input.py)."""
 
 import os
 
@@ -52,17 +53,3 @@ def test_mocked_pipelines(name, shape):
         assert batch.dtype == tf.uint8 and batch.shape == (8,) + shape
         test = data.load(name, "test", 8)
         assert sum(int(b.shape[0]) for b in test) > 0
-
-
-def test_missing_data_names_dataset_and_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar10.*" + str(tmp_path)):
-        data.load("cifar10", "train", 8, data_dir=str(tmp_path))
-
-
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(name="svhn", split="train", batch_size=8), "unknown dataset"),
-    (dict(name="mnist", split="train", batch_size=0), "batch_size"),
-])
-def test_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        data.load(**kwargs)

@@ -211,6 +211,27 @@ def test_bad_input_raises_value_error(case):
     wider = np.concatenate([x, x], axis=-1)
     with pytest.raises(ValueError):
         layer.forward(wider)
+    with pytest.raises(ValueError, match="empty batch"):
+        layer.forward(x[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        poisoned = x.copy()
+        poisoned[-1].flat[0] = bad
+        with pytest.raises(L.NonFiniteError, match="1 non-finite value"):
+            layer.forward(poisoned)
+    z, _ = layer.forward(x)
+    extra = case.inverse_kwargs(layer, x) if case.inverse_kwargs else {}
+    poisoned = np.array(z)
+    poisoned[0].flat[-1] = np.nan
+    with pytest.raises(L.NonFiniteError, match="in z"):
+        layer.inverse(poisoned, exact=True, **extra)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_half_precision_is_refused_at_construction(case, dtype):
+    config = case.make().get_config()
+    with pytest.raises(ValueError, match="not supported"):
+        type(case.make())(**{**config, "dtype": dtype})
 
 
 def test_every_flow_layer_is_in_the_table():

@@ -11,6 +11,7 @@ import tensorflow as tf
 import keras
 
 from snf_tf import SelfNormConv2D, SelfNormDense
+from snf_tf.layers import NonFiniteError
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -169,21 +170,30 @@ def test_reconstruction_variants_match_numpy():
 
 
 def test_reconstruction_loss_ignores_non_finite_examples():
+    """Traced, as in training (eager calls refuse non-finite inputs outright)."""
     rng = np.random.default_rng(4)
     layer = make_dense(3, rng, inverse="perturbed")
     x = rng.standard_normal((4, 3))
     bad = x.copy()
     bad[1, 0] = np.nan
-    with tf.GradientTape(persistent=True) as tape:
-        clean = layer.reconstruction_loss(np.delete(x, 1, axis=0))
-        masked = layer.reconstruction_loss(bad)
-        _, _ = layer.forward(bad, training=True)
-        fused = layer.losses[0]
+
+    @tf.function
+    def losses_and_gradients(clean_x, bad_x):
+        with tf.GradientTape(persistent=True) as tape:
+            clean = layer.reconstruction_loss(clean_x)
+            masked = layer.reconstruction_loss(bad_x)
+            _, _ = layer.forward(bad_x, training=True)
+            fused = layer.losses[0]
+        grads = [tape.gradient(loss, [layer.kernel, layer.inverse_kernel])
+                 for loss in (masked, fused)]
+        return clean, masked, fused, grads
+
+    clean, masked, fused, grads = losses_and_gradients(np.delete(x, 1, axis=0), bad)
     np.testing.assert_allclose(float(masked), float(clean) * 3 / 4, rtol=1e-12)
     np.testing.assert_allclose(float(fused), float(masked), rtol=1e-12)
-    for loss in (masked, fused):
-        grads = tape.gradient(loss, [layer.kernel, layer.inverse_kernel])
-        assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+    assert all(np.all(np.isfinite(g.numpy())) for pair in grads for g in pair)
+    with pytest.raises(NonFiniteError):
+        layer.reconstruction_loss(bad)
 
 
 # -- 2. conv SNF gradient against a dense Toeplitz computation ----------------------------------

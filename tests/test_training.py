@@ -12,6 +12,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from snf_tf import training
 
@@ -153,6 +154,46 @@ def test_same_seed_same_metrics(tmp_path, finished_run):
     other = str(tmp_path / "seed1")
     training.run("selfnorm_fc_mnist", other, epochs=1, seed=1, verbose=0, **TINY)
     assert _metrics(other)["epochs"][0]["val_nll"] != _metrics(out)["epochs"][0]["val_nll"]
+
+
+def _poisoned_in_epoch(dataset, epoch, steps):
+    """``dataset`` with the first batch of ``epoch`` (1-based) all NaN: a bad batch from the
+    pipeline, as a corrupt record or a broken preprocessing step would give."""
+    batches = [b.numpy() for b in dataset]
+    seen = {"epochs": 0}
+
+    def generate():
+        seen["epochs"] += 1
+        for i, batch in enumerate(batches):
+            bad = seen["epochs"] == epoch and i == 0
+            yield np.full(batch.shape, np.nan, "float32") if bad else batch.astype("float32")
+
+    spec = tf.TensorSpec((None,) + batches[0].shape[1:], tf.float32)
+    return tf.data.Dataset.from_generator(generate, output_signature=spec).apply(
+        tf.data.experimental.assert_cardinality(steps))
+
+
+@needs_mnist
+def test_a_nan_batch_stops_the_run_and_keeps_the_last_good_state(tmp_path):
+    out = str(tmp_path / "nan-batch")
+    run = training.prepare("selfnorm_fc_mnist", out, epochs=3, **TINY)
+    run.splits["train"] = _poisoned_in_epoch(run.splits["train"], 2, run.steps)
+    with pytest.warns(RuntimeWarning, match="non-finite weights"):
+        with pytest.raises(training.TrainingDiverged, match="non-finite in epoch 2"):
+            run.train(verbose=0)
+    metrics = _metrics(out)
+    assert metrics["status"] == "diverged" and metrics["best"]["epoch"] == 1
+    assert np.isfinite(metrics["epochs"][0]["val_nll"])
+    backup = _weights(os.path.join(out, "backup", "latest.weights.h5"))
+    assert all(np.all(np.isfinite(a)) for a in backup.values()
+               if np.issubdtype(np.asarray(a).dtype, np.floating))
+    from snf_tf import export
+
+    best = export.load_checkpoint(os.path.join(out, "best.keras"))
+    assert all(np.all(np.isfinite(w)) for w in best.get_weights())
+    # the run resumes from the last good epoch once the data is fixed
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=3, verbose=0, **TINY)
+    assert _metrics(out)["status"] == "finished"
 
 
 @needs_mnist

@@ -1,7 +1,7 @@
 """Keras 3 flow layers; every one implements the flow-layer protocol of :class:`FlowLayer`."""
 
 from snf_tf.layers.activations import LearnableLeakyReLU, SmoothLeakyReLU, SplineActivation
-from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.base import FlowLayer, NonFiniteError
 from snf_tf.layers.convexp import ConvExponential
 from snf_tf.layers.emerging import EmergingConv2D
 from snf_tf.layers.glow import ActNorm, AffineCoupling, Conv1x1, SplitPrior
@@ -20,6 +20,7 @@ __all__ = [
     "FlowLayer",
     "LearnableLeakyReLU",
     "Logit",
+    "NonFiniteError",
     "Normalize",
     "Reshape",
     "SelfNormConv2D",

@@ -1,10 +1,23 @@
 """The flow-layer protocol shared by every layer of snf_tf (DESIGN.md §3)."""
 
+import warnings
+
 import keras
+import numpy as np
 import tensorflow as tf
 
-__all__ = ["FixedShapeFlowLayer", "FlowLayer", "check_event_shape", "in_xla_context",
-           "reject_mixed_precision", "sum_per_example"]
+__all__ = ["FixedShapeFlowLayer", "FlowLayer", "NonFiniteError", "check_batch_values",
+           "check_event_shape", "check_float_policy", "in_xla_context", "sum_per_example",
+           "warn_if_singular"]
+
+#: dtypes flow layers compute in: log-dets (slogdet, QR, sums of logs over D terms) and exact
+#: inverses lose too much in half precision, and TF has no float16/bfloat16 slogdet kernel.
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+class NonFiniteError(ValueError):
+    """Inputs (or values passed between layers) hold NaN or inf: a likelihood of them would be
+    silently NaN. A ``ValueError``, so callers treating bad input alike need no special case."""
 
 
 def in_xla_context():
@@ -34,6 +47,10 @@ class FlowLayer(keras.layers.Layer):
 
     #: rank of the inputs the layer accepts (batch axis included)
     input_rank = None
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        check_float_policy(self)
 
     def call(self, inputs, training=None):
         return self.forward(inputs, training=bool(training))[0]
@@ -98,6 +115,7 @@ class FlowLayer(keras.layers.Layer):
         if not self.built:
             self.build(tuple(x.shape))
         self._check_shape(x.shape, name)
+        check_batch_values(x, self.name, name)
         return tf.cast(x, self.compute_dtype)
 
     def _layout_description(self):
@@ -119,15 +137,60 @@ def sum_per_example(values):
     return tf.reduce_sum(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
 
 
-def reject_mixed_precision(layer):
-    """``ValueError`` for a mixed-precision dtype policy: log-dets (slogdet, sums of logs) and exact
-    inverses need the weights' own precision."""
+def check_float_policy(layer):
+    """``ValueError`` unless the layer computes and stores weights in float32 or float64: the
+    log-det and the exact inverse need the weights' own precision (no mixed precision)."""
     policy = layer.dtype_policy
     if policy.compute_dtype != policy.variable_dtype:
         raise ValueError(
             f"{type(layer).__name__}: mixed precision ({policy.name}) is not supported: the log-det "
             "and the exact inverse need the weights' precision. Use float32 or float64."
         )
+    if policy.compute_dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"{type(layer).__name__}: dtype {policy.compute_dtype} is not supported (log-dets and "
+            f"exact inverses need {' or '.join(SUPPORTED_DTYPES)})."
+        )
+
+
+def check_batch_values(x, owner, name):
+    """Eagerly: ``ValueError`` for an empty batch, :class:`NonFiniteError` for NaN or inf values.
+
+    A no-op while tracing a ``tf.function``: a per-step check would cost every training step, and
+    there a non-finite value makes the loss non-finite, which the training loop's divergence
+    policy catches (``keras.callbacks.TerminateOnNaN``; see ``snf_tf.training``).
+    """
+    if not tf.executing_eagerly() or not hasattr(x, "numpy"):
+        return
+    if x.shape.rank and x.shape[0] == 0:
+        raise ValueError(f"{owner}: empty batch in {name} (shape {tuple(x.shape)}); pass at "
+                         "least one example.")
+    if x.dtype.is_floating:
+        finite = tf.math.is_finite(x)
+        if not bool(tf.reduce_all(finite)):
+            bad = int(tf.size(x)) - int(tf.math.count_nonzero(finite))
+            raise NonFiniteError(
+                f"{owner}: {bad} non-finite value(s) (NaN or inf) in {name}, out of "
+                f"{int(tf.size(x))}."
+            )
+
+
+def warn_if_singular(layer, log_abs_det):
+    """Eagerly: a ``RuntimeWarning`` when an exact ``log|det|`` is not finite — ``-inf`` for a
+    numerically singular matrix (the likelihood is then infinite), NaN for non-finite weights. The
+    value is returned unchanged; a near-singular but invertible matrix gives a finite number."""
+    if not tf.executing_eagerly() or not hasattr(log_abs_det, "numpy"):
+        return log_abs_det
+    values = np.asarray(log_abs_det)
+    if np.all(np.isfinite(values)):
+        return log_abs_det
+    if np.any(np.isnan(values)):
+        reason = "NaN: the layer's weights are not finite (a diverged run?)"
+    else:
+        reason = ("-inf: the weight matrix is numerically singular, so exact likelihoods through "
+                  "this layer are infinite and its exact inverse does not exist")
+    warnings.warn(f"{layer.name}: exact log|det| is {reason}.", RuntimeWarning, stacklevel=3)
+    return log_abs_det
 
 
 def check_event_shape(layer, shape, name, expected):

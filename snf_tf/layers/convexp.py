@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from snf_tf.layers.base import warn_if_singular
 from snf_tf.layers.emerging import _ExactConv1x1, _ImageFlowLayer
 from snf_tf.ops.selfnorm import flip_kernel
 
@@ -144,7 +145,7 @@ class ConvExponential(_ImageFlowLayer):
         """``H·W·(tr K_centre + log|det W|)`` for the effective kernel ``kernel``."""
         height, width, _ = self.spatial_shape
         trace = tf.linalg.trace(kernel[1, 1])
-        return height * width * trace + self.conv1x1.log_abs_det()
+        return warn_if_singular(self, height * width * trace + self.conv1x1.log_abs_det())
 
     def forward(self, x, exact=False, training=False):
         """``z = f(x)`` and its exact ``log|det ∂z/∂x|`` (exact up to the series truncation;

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, reject_mixed_precision
+from snf_tf.layers.base import FixedShapeFlowLayer, warn_if_singular
 from snf_tf.ops.linalg import log_abs_det_qr
 
 __all__ = ["EmergingConv2D"]
@@ -24,10 +24,6 @@ class _ImageFlowLayer(FixedShapeFlowLayer):
 
     input_rank = 4
     _needs_known_shape = True
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        reject_mixed_precision(self)
 
     def _set_spatial_shape(self, input_shape):
         return self._record_event_shape(input_shape)
@@ -223,8 +219,8 @@ class EmergingConv2D(_ImageFlowLayer):
 
     def log_abs_det(self):
         """``log|det J|`` per example (independent of the input)."""
-        return (self.conv1x1.log_abs_det() + self.ar_conv_1.log_abs_det()
-                + self.ar_conv_2.log_abs_det())
+        return warn_if_singular(self, self.conv1x1.log_abs_det() + self.ar_conv_1.log_abs_det()
+                                + self.ar_conv_2.log_abs_det())
 
     def forward(self, x, exact=False, training=False):
         """``z = f(x)`` and its exact ``log|det ∂z/∂x|`` per example (``exact`` changes nothing)."""

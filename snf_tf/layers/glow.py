@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, reject_mixed_precision
+from snf_tf.layers.base import FixedShapeFlowLayer, warn_if_singular
 from snf_tf.ops.linalg import log_abs_det_qr
 
 __all__ = ["ActNorm", "Conv1x1", "AffineCoupling", "SplitPrior"]
@@ -177,10 +177,6 @@ class Conv1x1(_NHWCLayer):
     layer works under ``jit_compile=True``. The ``exact`` flag is ignored.
     """
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        reject_mixed_precision(self)
-
     def build(self, input_shape):
         channels = self._build_channels(input_shape)
         self.kernel = self.add_weight(name="kernel", shape=(1, 1, channels, channels),
@@ -194,7 +190,7 @@ class Conv1x1(_NHWCLayer):
     def log_abs_det(self):
         """``log|det W|`` of the C×C matrix (per pixel; multiply by H·W for the layer), from a QR
         decomposition: unlike slogdet it compiles with XLA."""
-        return log_abs_det_qr(tf.convert_to_tensor(self.kernel)[0, 0])
+        return warn_if_singular(self, log_abs_det_qr(tf.convert_to_tensor(self.kernel)[0, 0]))
 
     def forward(self, x, exact=False, training=False):
         """``z = conv1x1(x, W)`` and ``H·W·log|det W|`` per example."""

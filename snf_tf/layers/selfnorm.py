@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, in_xla_context, reject_mixed_precision
+from snf_tf.layers.base import FixedShapeFlowLayer, in_xla_context, warn_if_singular
 from snf_tf.ops import selfnorm as sn_ops
 from snf_tf.ops import toeplitz
 
@@ -30,7 +30,6 @@ class _SelfNormLayer(FixedShapeFlowLayer):
     def __init__(self, gradient="self_normalized", reconstruction_weight=1.0,
                  reconstruction="default", **kwargs):
         super().__init__(**kwargs)
-        reject_mixed_precision(self)
         if gradient not in self._gradients:
             raise ValueError(
                 f"{type(self).__name__}: gradient must be one of {self._gradients}, got {gradient!r}."
@@ -100,7 +99,7 @@ class _SelfNormLayer(FixedShapeFlowLayer):
         """Recompute the exact ``log|det|`` into the cache (outside XLA) and return it."""
         if not self.built:
             raise ValueError(f"{self.name}: build the layer (call it once) before refresh_log_det().")
-        value = self._live_log_abs_det(tf.convert_to_tensor(self.kernel))
+        value = warn_if_singular(self, self._live_log_abs_det(tf.convert_to_tensor(self.kernel)))
         self.log_det_cache.assign(value)
         self.log_det_kernel.assign(self.kernel)
         return value
@@ -156,7 +155,7 @@ class _SelfNormLayer(FixedShapeFlowLayer):
         recon = None
         if self.gradient == "exact":
             z = self._linear(x, kernel) + bias
-            log_det = self._live_log_abs_det(kernel)
+            log_det = warn_if_singular(self, self._live_log_abs_det(kernel))
         else:
             if self.gradient == "relative":
                 z = sn_ops.relative_dense(x, kernel, bias)
