@@ -87,19 +87,13 @@ def _require_file(path, what):
 
 
 def _require_writable_location(path, what, directory=False):
-    """Fail early when ``path`` cannot be created: an existing ancestor must be a writable dir."""
-    path = os.path.abspath(path)
-    if not directory and os.path.isdir(path):
-        raise CliError(f"{what} is a directory: {path}")
-    if directory and os.path.exists(path) and not os.path.isdir(path):
-        raise CliError(f"{what} exists and is not a directory: {path}")
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise CliError(f"cannot write {what} {path}: {ancestor} is not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CliError(f"cannot write {what} {path}: {ancestor} is not writable")
+    """Fail early when ``path`` cannot be created (before any model is loaded)."""
+    from snf_tf._files import check_writable
+
+    try:
+        check_writable(path, what, directory=directory)
+    except ValueError as error:
+        raise CliError(str(error)) from None
 
 
 def _load_checkpoint(path):

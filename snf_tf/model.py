@@ -241,6 +241,8 @@ class FlowModel(keras.Model):
 
     def fit(self, x=None, *args, **kwargs):
         self._build_from_data(x)
+        if isinstance(x, tf.data.Dataset) and len(args) < 8:
+            kwargs.setdefault("shuffle", False)  # Keras ignores it for datasets, but warns
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):

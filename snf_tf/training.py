@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from snf_tf import callbacks as snf_callbacks
 from snf_tf import experiments
+from snf_tf._files import check_writable
 from snf_tf.layers.base import NonFiniteError
 
 __all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "plot_curves", "prepare",
@@ -57,15 +58,7 @@ def prepare_run_dir(out, resume):
     resume from (0 for a fresh run). Never overwrites a run: a folder with ``metrics.json`` needs
     ``resume`` (and a backup to resume from)."""
     out = os.path.abspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"output folder {out} exists and is not a folder")
-    ancestor = out
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise ValueError(f"cannot create the output folder {out}: {ancestor} is not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write the output folder {out}: {ancestor} is not writable")
+    check_writable(out, "the output folder", directory=True)
     has_run = os.path.exists(os.path.join(out, "metrics.json"))
     epoch = snf_callbacks.AtomicBackupAndRestore.saved_epoch(os.path.join(out, "backup"))
     if resume:
