@@ -239,3 +239,22 @@ def _built_flow():
     flow = FlowModel([L.SelfNormDense()])
     flow.log_prob(_x())
     return flow
+
+
+# -- output folders ----------------------------------------------------------------------------
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from snf_tf import cli, training
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: make the permission check say no instead
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(locked)
+                            else real_access(p, mode))
+    else:
+        locked.chmod(0o500)
+    with pytest.raises(ValueError, match=f"{locked} is not writable"):
+        training.prepare("selfnorm_fc_mnist", str(locked / "run"))
+    assert cli.main(["train", "selfnorm_fc_mnist", "--out", str(locked / "run")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    assert os.listdir(locked) == []
