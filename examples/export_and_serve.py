@@ -2,8 +2,10 @@
 
 Trains a small SNF FC flow on MNIST for one quick epoch (or loads ``--checkpoint``), writes the
 SavedModel with :func:`snf_tf.export.export_saved_model`, then starts a fresh Python process that
-imports TensorFlow but *not* snf_tf and calls the four endpoints: ``log_prob(x)``, ``forward(x)``,
-``inverse(z)`` and ``sample(n, seed)``. The served log-likelihoods equal the model's to 1e-4.
+imports TensorFlow but *not* snf_tf and calls the five endpoints: ``log_prob(x)``,
+``dequantized_log_prob(x, seed)`` (for integer images: the reference's estimate at ``x + u``),
+``forward(x)``, ``inverse(z)`` and ``sample(n, seed)``. The served log-likelihoods equal the
+model's to 1e-4.
 
     python examples/export_and_serve.py                          # ≈ 1 min
     python examples/export_and_serve.py --checkpoint runs/selfnorm_fc_mnist/best.keras
@@ -33,7 +35,9 @@ SERVE = textwrap.dedent("""
     out = flow.forward(x)
     samples = flow.sample(n=tf.constant(4), seed=tf.constant(0))
     back = flow.inverse(out["z"])
+    pixels = tf.floor(x)  # the integer images
     print(json.dumps({"log_prob": flow.log_prob(x).numpy().tolist(),
+                      "dequantized": flow.dequantized_log_prob(x=pixels, seed=0).numpy().tolist(),
                       "sample_shape": samples.shape.as_list(),
                       "max_reconstruction_error": float(tf.reduce_max(tf.abs(back - x)))}))
 """)
@@ -59,6 +63,7 @@ def main(argv=None):
                   epochs=1, verbose=2, shuffle=False)
     saved = export.export_saved_model(model, os.path.join(args.out, "saved_model"))
     expected = export.log_prob(model, x).numpy()  # the exported, noise-free computation
+    dequantized = export.dequantized_log_prob(model, np.floor(x), 0).numpy()
 
     np.save(os.path.join(args.out, "x.npy"), x)
     served = subprocess.run([sys.executable, "-I", "-c", SERVE, saved,
@@ -67,8 +72,10 @@ def main(argv=None):
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     result = json.loads(served.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(result["log_prob"], expected, rtol=1e-4)
+    np.testing.assert_allclose(result["dequantized"], dequantized, rtol=1e-4)
     print(f"served from {saved} by a process without snf_tf:")
     print(f"  log_prob(x) = {np.round(result['log_prob'][:4], 1)} … (equal to the model's)")
+    print(f"  dequantized_log_prob(pixels, seed=0) = {np.round(result['dequantized'][:4], 1)} …")
     errors = {name: round(value, 3) for name, value in model.inverse_errors().items()}
     print(f"  sample(n=4) → shape {result['sample_shape']}; "
           f"max |inverse(forward(x)) − x| = {result['max_reconstruction_error']:.2e} "

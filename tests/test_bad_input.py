@@ -203,6 +203,8 @@ def served(model, tmp_path_factory):
 
 SERVED_CASES = [
     ("log_prob-nan", lambda s: s.log_prob(_x(value=np.nan)), "log_prob: the input holds NaN"),
+    ("dequantized-nan", lambda s: s.dequantized_log_prob(_x(value=np.nan), tf.constant(0)),
+     "dequantized_log_prob: the input holds NaN"),
     ("forward-inf", lambda s: s.forward(_x(value=np.inf)), "forward: the input holds NaN or inf"),
     ("inverse-nan", lambda s: s.inverse(_x(value=np.nan)), "inverse: the input holds NaN"),
     ("sample-0", lambda s: s.sample(tf.constant(0), tf.constant(1)), "sample: n must be >= 1"),

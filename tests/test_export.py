@@ -153,6 +153,12 @@ def test_endpoints_match_the_model(exported, loaded):
     np.testing.assert_allclose(samples, model.sample(5, seed=11), rtol=1e-5, atol=1e-3)
     # Dequantization is off in the export: log_prob is the density at x itself.
     np.testing.assert_allclose(sm.log_prob(x), sm.log_prob(x), rtol=0)
+    # ... and dequantized_log_prob adds u ~ U[0, 1) drawn with seed [seed, 0].
+    u = tf.random.stateless_uniform(x.shape, seed=[7, 0])
+    dequantized = sm.dequantized_log_prob(x=x, seed=7).numpy()
+    np.testing.assert_allclose(dequantized, export.log_prob(model, x + u), rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(dequantized, sm.dequantized_log_prob(x=x, seed=7))
+    assert not np.allclose(dequantized, sm.dequantized_log_prob(x=x, seed=8))
 
 
 def test_signatures_have_a_free_batch_dimension(exported, loaded):
