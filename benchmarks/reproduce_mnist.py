@@ -70,6 +70,7 @@ def combine(out, suite, names):
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("wall-clock [s] (2-core CPU)")
     for ax in axes:
+        ax.set_yscale("log")  # first epochs of badly initialised baselines are 10-20× higher
         ax.set_ylabel("validation NLL [nats]")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
