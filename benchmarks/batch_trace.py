@@ -1,0 +1,59 @@
+"""``snf-tf train`` with a per-batch trace: the running loss and reconstruction loss after every
+batch, and every ``--every`` batches the largest ‖RW − I‖_F and the learning rate, written to
+``OUT/trace.json`` as it goes (to find where a run went wrong inside an epoch).
+
+    python benchmarks/batch_trace.py selfnorm_glow_mnist --epochs 2 --out DIR \\
+        --set hidden_channels=64
+"""
+
+import argparse
+import json
+import os
+
+import keras
+
+from snf_tf import experiments, training
+
+
+class BatchTrace(keras.callbacks.Callback):
+    def __init__(self, path, every=25):
+        super().__init__()
+        self.path, self.every, self.rows, self.epoch = path, every, [], 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        row = {"epoch": self.epoch, "batch": batch, "loss": float(logs["loss"]),
+               "recon": float(logs["recon"])}
+        if batch % self.every == 0:
+            errors = self.model.inverse_errors()
+            row["inverse_error_max"] = max(errors.values()) if errors else None
+            row["learning_rate"] = float(self.model.optimizer.learning_rate)
+            self.write()
+        self.rows.append(row)
+
+    def write(self):
+        with open(self.path, "w") as f:
+            json.dump(self.rows, f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    overrides = dict(experiments.parse_override(text) for text in args.set)
+    run = training.prepare(args.experiment, args.out, epochs=args.epochs, **overrides)
+    trace = BatchTrace(os.path.join(args.out, "trace.json"), args.every)
+    try:
+        run.train(verbose=0, extra_callbacks=[trace])
+    finally:
+        trace.write()
+
+
+if __name__ == "__main__":
+    main()
