@@ -323,9 +323,10 @@ class EvaluateCommand(Command):
 @register
 class BenchCommand(Command):
     name = "bench"
-    help = ("benchmarks: 'scaling' (one layer's step time vs D, Fig. 4) or 'models' (ms per "
+    help = ("benchmarks: 'scaling' (one layer's step time vs D, Fig. 4), 'profile' (one "
+            "experiment's step split by layer family, with its compute floor) or 'models' (ms per "
             "batch and per sample of the Table-1 models, Table 3)")
-    benchmarks = ("scaling", "models")
+    benchmarks = ("scaling", "models", "profile")
 
     def add_arguments(self, parser):
         parser.add_argument("benchmark", choices=self.benchmarks)
