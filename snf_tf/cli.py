@@ -3,10 +3,11 @@
 Subcommands (each a :class:`Command` in :data:`COMMANDS`, added with :func:`register`):
 
 - ``snf-tf list`` — the paper's experiments and the number the paper reports for each.
+- ``snf-tf info`` — versions, devices, whether TensorFlow runs oneDNN kernels.
 - ``snf-tf train NAME [--epochs N] [--batch-size B] [--out DIR] [--data-dir D] [--resume]
   [--set KEY=VALUE ...]`` — train one experiment into a run folder (:mod:`snf_tf.training`).
 - ``snf-tf evaluate CHECKPOINT.keras [--split test] [--dataset NAME]`` — exact NLL and bits/dim.
-- ``snf-tf bench scaling|models [...]`` — the benchmarks of :mod:`snf_tf.bench`.
+- ``snf-tf bench scaling|models|profile [...]`` — the benchmarks of :mod:`snf_tf.bench`.
 
 - ``snf-tf export CHECKPOINT.keras OUT_DIR [--overwrite]`` — write a SavedModel that runs without
   snf_tf (see :mod:`snf_tf.export` for its endpoints).
@@ -23,8 +24,7 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# oneDNN makes SNF steps 1.5-3× faster on AVX2 CPUs, where TF leaves it off (README, benchmarks)
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# oneDNN: set by snf_tf/__init__ (snf_tf._environment), which runs before this module
 
 __all__ = ["COMMANDS", "Command", "CliError", "build_parser", "main", "register"]
 
@@ -204,6 +204,42 @@ class ListCommand(Command):
             epochs = f"{row['paper_epochs']} ep" if row["paper_epochs"] else "until stopped"
             print(f"{row['name']:{width}s}  {row['paper']}  [{epochs}]\n"
                   f"{'':{width}s}  {row['description']}")
+        return 0
+
+
+@register
+class InfoCommand(Command):
+    name = "info"
+    help = "versions, devices and the kernels TensorFlow uses here (oneDNN, XLA for splines)"
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
+
+    def run(self, args):
+        import json
+        import platform
+
+        import keras
+        import tensorflow as tf
+        import tensorflow_probability as tfp
+
+        import snf_tf
+        from snf_tf import _environment
+
+        info = {"snf_tf": snf_tf.__version__, "tensorflow": tf.__version__,
+                "keras": keras.__version__, "tensorflow_probability": tfp.__version__,
+                "python": platform.python_version(), "machine": platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+                "onednn": _environment.onednn_enabled(),
+                "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                "TFDS_DATA_DIR": os.environ.get("TFDS_DATA_DIR")}
+        if args.json:
+            print(json.dumps(info, indent=1))
+        else:
+            for key, value in info.items():
+                shown = {True: "on", False: "off"}.get(value, value) if key == "onednn" else value
+                print(f"{key}: {shown}")
         return 0
 
 
