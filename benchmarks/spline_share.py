@@ -19,21 +19,14 @@ import tensorflow as tf  # noqa: E402
 
 from snf_tf import layers as L  # noqa: E402
 from snf_tf import models  # noqa: E402
+from snf_tf.bench.models import train_step_runner  # noqa: E402
 
 
 def _step(model, x):
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
     model.build((None, 28, 28, 1))
     model.log_prob(x[:2])
-    model.make_train_function()
-    batches = iter(tf.data.Dataset.from_tensors(x).repeat())
-
-    def run():
-        logs = model.train_function(batches)
-        logs = logs.get_value() if hasattr(logs, "get_value") else logs  # Keras versions differ
-        return float(logs["loss"])
-
-    return run
+    return train_step_runner(model, x)
 
 
 def main(argv=None):

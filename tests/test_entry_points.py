@@ -88,3 +88,17 @@ def test_count_flops_counts_convs_and_matmuls_analytically():
     flops = count_flops(fn, tf.TensorSpec([2, 6, 7, 4]), tf.TensorSpec([3, 9]))
     assert flops["conv"] == 2 * (2 * 6 * 7 * 5) * 3 * 3 * 4
     assert flops["matmul"] == 2 * (9 * 9) * 3
+
+
+def test_bench_models_times_train_sample_and_the_eval_ratio(tmp_path):
+    from snf_tf.bench import models
+
+    rows = models.main(["--models", "selfnorm_fc_mnist", "--rounds", "2", "--warmup", "1",
+                        "--eval-images", "200", "--eval-rounds", "1", "--out", str(tmp_path)])
+    (row,) = rows
+    saved = json.loads((tmp_path / "model_timing.json").read_text())["results"][0]
+    assert saved["name"] == "selfnorm_fc_mnist" and not saved["failures"]
+    assert len(saved["train"]["times_ms"]) == 2 and len(saved["evaluate"]["times_ms"]) == 1
+    assert row["eval_over_forward"] == pytest.approx(
+        row["evaluate"]["median_ms"] / row["forward"]["median_ms"])
+    assert (tmp_path / "model_timing.png").stat().st_size > 1000

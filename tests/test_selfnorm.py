@@ -576,3 +576,33 @@ def test_paper_initialisation():
     w = one.kernel.numpy()[0, 0]
     np.testing.assert_allclose(w @ w.T, np.eye(12), atol=1e-5)
     np.testing.assert_array_equal(one.inverse_kernel.numpy()[0, 0], w.T)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: SelfNormDense(gradient="exact", dtype="float64"), (3, 6)),
+    (lambda: SelfNormConv2D(3, gradient="exact", dtype="float64"), (3, 5, 5, 2)),
+], ids=["dense", "conv"])
+def test_exact_gradient_layer_outside_training_reads_a_fresh_cache_with_the_live_gradient(make, shape):
+    """Evaluation refreshes the cache once; forward(training=False) then reads it instead of
+    factorising per batch, its gradient is still the live one, and a stale cache is not used."""
+    layer = make()
+    x = tf.constant(np.random.default_rng(0).standard_normal(shape))
+    layer(x)
+    layer.refresh_log_det()
+    live_calls = []
+    live = layer._live_log_abs_det
+    layer._live_log_abs_det = lambda kernel: live_calls.append(1) or live(kernel)
+    with tf.GradientTape(persistent=True) as tape:
+        _, cached = layer.forward(x, training=False)
+        _, reference = layer.forward(x, training=True)
+        cached_sum, reference_sum = tf.reduce_sum(cached), tf.reduce_sum(reference)
+    assert len(live_calls) == 1  # the training call only: the cached value needs no factorisation
+    np.testing.assert_allclose(cached.numpy(), reference.numpy(), rtol=1e-12)
+    grad_cached = tape.gradient(cached_sum, layer.kernel).numpy()
+    grad_live = tape.gradient(reference_sum, layer.kernel).numpy()
+    np.testing.assert_allclose(grad_cached, grad_live, rtol=1e-10, atol=1e-12)
+    layer.kernel.assign(layer.kernel * 1.1)  # stale: the value follows the new kernel
+    _, moved = layer.forward(x, training=False)
+    np.testing.assert_allclose(moved.numpy(), live(tf.convert_to_tensor(layer.kernel)).numpy()
+                               * np.ones(shape[0]), rtol=1e-12)
+    assert not np.allclose(moved.numpy(), cached.numpy())

@@ -4,10 +4,17 @@ What is measured, per model (the reference configs of :mod:`snf_tf.experiments`,
 ``--set`` says otherwise; MNIST-shaped uint8 inputs, batch 100):
 
 * **ms/batch** — on a batch of real MNIST images (noise images when tfds has no MNIST), one
-  ``train_on_batch`` (forward, backward, reconstruction loss, Adam update)
-  through the model's compiled train function, as in ``fit`` (XLA where the layers allow it);
+  training step (forward, backward, reconstruction loss, Adam update) through the model's
+  compiled train function on a dataset iterator, exactly as ``fit`` runs it (``--jit`` chooses
+  XLA for the whole step; by default the experiment's ``jit_compile``, which Keras turns off on
+  a CPU-only machine). Until 2026-12 this used ``train_on_batch``, which adds 10-20 ms of Keras
+  data-adapter work per call on this CPU;
 * **ms/sample** — one sample (n = 1) through the learned inverse (or the only inverse), in a
-  ``tf.function``.
+  ``tf.function``;
+* **eval ÷ forward** (``--eval-images N``, default 1000) — an exact evaluation over N images
+  (``model.evaluate``: refresh of the cached exact log-dets, then exact log-likelihoods) divided
+  by a training-mode forward pass over the same images (cheap log-dets and reconstruction
+  losses, no gradient), timed ``--eval-rounds`` times.
 
 Every model is built, compiled and warmed up first (tracing and XLA compilation are not timed).
 The models are then timed round-robin — one step of each per round, order rotated — so machine
@@ -17,6 +24,7 @@ PyTorch; PAPER.md §2 Table 3) are printed beside ours; compare ratios, not abso
     snf-tf bench models                      # ≈ 10-20 min on a 2-core CPU
     snf-tf bench models --quick              # FC and conv models only, 3 rounds
     snf-tf bench models --set hidden_channels=64   # narrower Glow couplings
+    snf-tf bench models --quick --jit true   # whole steps under XLA
 """
 
 import argparse
@@ -34,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from snf_tf import callbacks, experiments  # noqa: E402
 
-__all__ = ["MODELS", "PAPER_TABLE3", "main", "time_models"]
+__all__ = ["MODELS", "PAPER_TABLE3", "main", "time_models", "train_step_runner"]
 
 #: Table 3 rows: experiment name → (label, paper ms/batch, paper ms/sample)
 PAPER_TABLE3 = {
@@ -61,18 +69,34 @@ def _images(batch):
         return np.random.default_rng(0).integers(0, 256, (batch, 28, 28, 1)).astype(np.uint8)
 
 
-def _prepare(name, overrides, x):
+def train_step_runner(model, batch):
+    """A function that runs one compiled training step of ``model`` (compiled, initialised) on
+    ``batch`` through Keras's train function on a dataset iterator, as ``fit`` does, and returns
+    the step's loss."""
+    model.make_train_function()
+    batches = iter(tf.data.Dataset.from_tensors(batch).repeat())
+
+    def run():
+        logs = model.train_function(batches)
+        logs = logs.get_value() if hasattr(logs, "get_value") else logs  # Keras versions differ
+        return float(logs["loss"])
+
+    return run
+
+
+def _prepare(name, overrides, x, jit=None, eval_images=None):
     cfg = experiments.config(name, **(overrides if experiments.get(name).model == "glow" else {}))
     model = experiments.build_model(cfg)
     model.build((None, 28, 28, 1))
     # the experiment's own warm-up (500 steps an epoch): the timed steps are its first steps
     schedule = callbacks.LinearWarmup(cfg["learning_rate"], cfg["warmup_epochs"] * 500)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile=cfg["jit_compile"])
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  jit_compile=cfg["jit_compile"] if jit is None else jit)
     model.log_prob(x[:2])  # data-dependent initialisation (ActNorm) and caches
+    step = train_step_runner(model, x)
 
     def train():
-        logs = model.train_on_batch(x, return_dict=True)
-        if not np.isfinite(logs["loss"]):
+        if not np.isfinite(step()):
             raise FloatingPointError(f"{name}: non-finite training loss")
 
     sample_fn = tf.function(lambda: model.sample(1, seed=0))
@@ -80,31 +104,60 @@ def _prepare(name, overrides, x):
     def sample():
         sample_fn().numpy()
 
-    return {"train": train, "sample": sample}
+    runners = {"train": train, "sample": sample}
+    if eval_images is not None:
+        forward_fn = tf.function(lambda b: model.forward_with_reconstruction(b, training=True))
+
+        def evaluate():
+            model.evaluate(eval_images, verbose=0)
+
+        def forward():
+            for b in eval_images:
+                tf.nest.map_structure(lambda t: t.numpy(), forward_fn(b))
+
+        runners.update(evaluate=evaluate, forward=forward)
+    return runners
 
 
-def time_models(names, rounds, warmup, overrides=None, batch=100):
-    """``({name: {"train": [ms...], "sample": [ms...]}}, {name: {kind: error}})``, timed
+def _eval_images(count, batch):
+    """``count`` real MNIST test images (noise without tfds) as a dataset of batches."""
+    from snf_tf import data
+
+    try:
+        images = np.concatenate([b.numpy() for b in data.load("mnist", "test", batch, limit=count)])
+    except FileNotFoundError:
+        images = np.random.default_rng(1).integers(0, 256, (count, 28, 28, 1)).astype(np.uint8)
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch).cache()
+
+
+def time_models(names, rounds, warmup, overrides=None, batch=100, jit=None, eval_images=0,
+                eval_rounds=3):
+    """``({name: {"train": [ms...], "sample": [ms...], ...}}, {name: {kind: error}})``, timed
     round-robin; a step that fails (e.g. sampling through a numerically singular inverse) is
-    recorded as a failure and not timed again."""
+    recorded as a failure and not timed again. With ``eval_images`` > 0 also ``"evaluate"`` and
+    ``"forward"`` over that many test images, in ``eval_rounds`` of the rounds."""
     keras.utils.set_random_seed(0)
     x = _images(batch)
-    fns = {name: _prepare(name, overrides or {}, x) for name in names}
+    images = _eval_images(eval_images, batch) if eval_images else None
+    fns = {name: _prepare(name, overrides or {}, x, jit, images) for name in names}
+    kinds = ("train", "sample") + (("evaluate", "forward") if images is not None else ())
     failures = {}
-    for name, pair in fns.items():
+    for name, runners in fns.items():
         for _ in range(warmup):
-            for kind in ("train", "sample"):
+            for kind in kinds:
                 try:
-                    pair[kind]()
+                    runners[kind]()
                 except tf.errors.OpError as error:
                     failures.setdefault(name, {})[kind] = error.message.splitlines()[0]
-    times = {name: {"train": [], "sample": []} for name in names}
+    times = {name: {kind: [] for kind in kinds} for name in names}
     order = list(names)
     for r in range(rounds):
         shift = r % len(order)
         for name in order[shift:] + order[:shift]:
-            for kind in ("train", "sample"):
+            for kind in kinds:
                 if kind in failures.get(name, {}):
+                    continue
+                if kind in ("evaluate", "forward") and r >= eval_rounds:
                     continue
                 start = time.perf_counter()
                 try:
@@ -160,27 +213,42 @@ def main(argv=None):
                         help="config override for the Glow models (e.g. hidden_channels=64)")
     parser.add_argument("--quick", action="store_true",
                         help="FC and conv models only, 3 rounds, 1 warm-up")
+    parser.add_argument("--jit", choices=("auto", "true", "false"), default=None,
+                        help="jit_compile for the whole step (default: the experiment's own)")
+    parser.add_argument("--eval-images", type=int, default=1000,
+                        help="test images for the eval ÷ forward ratio (0: skip; default 1000)")
+    parser.add_argument("--eval-rounds", type=int, default=3,
+                        help="rounds that also time evaluation and forward (default 3)")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0:
-        parser.error("--rounds must be >= 1 and --warmup >= 0")
+    if args.rounds < 1 or args.warmup < 0 or args.eval_images < 0 or args.eval_rounds < 1:
+        parser.error("--rounds and --eval-rounds must be >= 1, --warmup and --eval-images >= 0")
     overrides = dict(experiments.parse_override(text) for text in args.set)
     names = args.models
     if args.quick:
         names = [n for n in names if "glow" not in n]
         args.rounds, args.warmup = 3, 1
     os.makedirs(args.out, exist_ok=True)
-    times, failures = time_models(names, args.rounds, args.warmup, overrides)
+    jit = {"auto": "auto", "true": True, "false": False}.get(args.jit)
+    times, failures = time_models(names, args.rounds, args.warmup, overrides, jit=jit,
+                                  eval_images=args.eval_images, eval_rounds=args.eval_rounds)
     rows = []
-    print(f"{'model':15s} {'ms/batch':>9s} {'paper':>7s} {'ms/sample':>10s} {'paper':>7s}")
+    print(f"{'model':15s} {'ms/batch':>9s} {'paper':>7s} {'ms/sample':>10s} {'paper':>7s}"
+          + (f" {'eval÷fwd':>9s}" if args.eval_images else ""))
     for name in names:
         label, paper_train, paper_sample = PAPER_TABLE3[name]
         row = {"name": name, "label": label, "train": _stats(times[name]["train"]),
                "sample": _stats(times[name]["sample"]), "paper_train_ms": paper_train,
                "paper_sample_ms": paper_sample, "failures": failures.get(name, {})}
+        if args.eval_images:
+            row["evaluate"] = _stats(times[name]["evaluate"])
+            row["forward"] = _stats(times[name]["forward"])
+            row["eval_over_forward"] = row["evaluate"]["median_ms"] / row["forward"]["median_ms"]
+            row["eval_images"] = args.eval_images
         rows.append(row)
         print(f"{label:15s} {row['train']['median_ms']:9.1f} {paper_train:7.1f} "
               f"{row['sample']['median_ms']:10.1f} {paper_sample:7.1f}"
+              + (f" {row['eval_over_forward']:9.2f}" if args.eval_images else "")
               + "".join(f"  ({kind} failed: {msg})" for kind, msg in row["failures"].items()),
               flush=True)
     info = {"tensorflow": tf.__version__, "keras": keras.__version__,

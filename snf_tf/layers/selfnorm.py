@@ -99,7 +99,15 @@ class _SelfNormLayer(FixedShapeFlowLayer):
         """Recompute the exact ``log|det|`` into the cache (outside XLA) and return it."""
         if not self.built:
             raise ValueError(f"{self.name}: build the layer (call it once) before refresh_log_det().")
-        value = warn_if_singular(self, self._live_log_abs_det(tf.convert_to_tensor(self.kernel)))
+        kernel = tf.convert_to_tensor(self.kernel)
+        if tf.executing_eagerly():  # one traced call, not the banded LU op by op
+            traced = self.__dict__.get("_traced_log_abs_det")
+            if traced is None:  # set past Keras's attribute tracking, which would wrap it
+                traced = tf.function(lambda k: self._live_log_abs_det(k), reduce_retracing=True)
+                self.__dict__["_traced_log_abs_det"] = traced
+            value = warn_if_singular(self, traced(kernel))
+        else:
+            value = self._live_log_abs_det(kernel)
         self.log_det_cache.assign(value)
         self.log_det_kernel.assign(self.kernel)
         return value
@@ -129,6 +137,29 @@ class _SelfNormLayer(FixedShapeFlowLayer):
             return tf.where(fresh, cache, tf.constant(float("nan"), cache.dtype))
         return tf.cond(fresh, lambda: cache, lambda: self._live_log_abs_det(kernel))
 
+    def _cached_log_abs_det_with_live_gradient(self, kernel):
+        """Exact-gradient layers outside training: the cached value while it is fresh (evaluation
+        refreshes it once, instead of one factorisation per batch), with the live gradient
+        computed only if one is asked for; a stale cache falls back to the live computation."""
+        cache = tf.convert_to_tensor(self.log_det_cache)
+
+        @tf.custom_gradient
+        def cached(kernel):
+            def grad(upstream):
+                with tf.GradientTape() as tape:
+                    here = tf.identity(kernel)  # in the graph the gradient is traced in
+                    tape.watch(here)
+                    value = self._live_log_abs_det(here)
+                # ZERO: SavedModel export swaps the live log-det for the cached constant
+                return upstream * tape.gradient(value, here,
+                                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return tf.identity(cache), grad
+
+        if tf.executing_eagerly():
+            return cached(kernel) if bool(self._cache_is_fresh()) else self._live_log_abs_det(kernel)
+        return tf.cond(self._cache_is_fresh(), lambda: cached(kernel),
+                       lambda: self._live_log_abs_det(kernel))
+
     # -- protocol ------------------------------------------------------------------------------
     def forward(self, x, exact=False, training=False):
         """``z = f(x)`` and ``log|det ∂z/∂x|`` per example.
@@ -155,7 +186,9 @@ class _SelfNormLayer(FixedShapeFlowLayer):
         recon = None
         if self.gradient == "exact":
             z = self._linear(x, kernel) + bias
-            log_det = warn_if_singular(self, self._live_log_abs_det(kernel))
+            log_det = (self._live_log_abs_det(kernel) if training
+                       else self._cached_log_abs_det_with_live_gradient(kernel))
+            log_det = warn_if_singular(self, log_det)
         else:
             if self.gradient == "relative":
                 z = sn_ops.relative_dense(x, kernel, bias)
