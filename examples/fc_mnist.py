@@ -1,6 +1,6 @@
 """Train the paper's 2-layer SNF FC flow on real MNIST and report the exact test likelihood.
 
-Reference config (PAPER.md §3-§4, ``selfnorm_fc_mnist``): Adam 1e-4, batch 100, per-batch linear
+Reference config (docs/paper.md: image pipeline, experiments, ``selfnorm_fc_mnist``): Adam 1e-4, batch 100, per-batch linear
 warm-up over 10 epochs, λ = 1; test NLL (nats on the 0..256 scale, and bits/dim) at the best
 validation epoch. Writes ``metrics.json``, ``samples.png`` and the best checkpoint to ``--out``.
 

@@ -1,6 +1,7 @@
-"""TensorFlow Probability views of snf_tf flow layers and models (DESIGN.md §3, §6).
+"""TensorFlow Probability views of snf_tf flow layers and models (``docs/design.md``).
 
-A class cannot be both a Keras layer and a ``tfb.Bijector`` (DESIGN.md §6), so the Keras layer owns
+A class cannot be both a Keras layer and a ``tfb.Bijector`` (their ``__call__``, variable
+tracking and ``name`` conventions collide), so the Keras layer owns
 the variables and :class:`FlowBijector` is a thin ``tfb.Bijector`` *view* that reads them on every
 call. TFP's direction convention is the generative one:
 
@@ -32,19 +33,17 @@ APIs), sampling and evaluation. Training goes through the Keras model (``FlowMod
 ``TransformedDistribution.trainable_variables`` does not see Keras 3 variables, although gradients
 taken with a ``tf.GradientTape`` w.r.t. ``model.trainable_weights`` flow through the views.
 
-:class:`RealNVPCoupling` goes the other way: a flow layer (trainable inside ``FlowModel``) whose
-transform is a stock ``tfb.RealNVP`` with Keras 3 ``Dense`` networks owned by the layer.
+:class:`snf_tf.layers.RealNVPCoupling` goes the other way: a flow layer (trainable inside
+``FlowModel``) whose transform is a stock ``tfb.RealNVP`` with Keras 3 ``Dense`` networks.
 """
 
-import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 from tensorflow_probability.python.internal import prefer_static as ps
 
-from snf_tf import layers as _layers
-from snf_tf.layers.base import FixedShapeFlowLayer, FlowLayer
+from snf_tf.layers.base import FlowLayer
+from snf_tf.layers.coupling import RealNVPCoupling
 
 try:  # the class stock tfb.Chain / TransformedDistribution return for non-CompositeTensor parts
     from tensorflow_probability.python.bijectors.chain import _Chain as _ChainBase
@@ -61,13 +60,6 @@ tfd = tfp.distributions
 
 __all__ = ["Chain", "FlowBijector", "FlowDistribution", "RealNVPCoupling", "model_bijector",
            "model_distribution"]
-
-#: layer classes whose Jacobian does not depend on the input (linear maps, permutations, affine)
-_CONSTANT_JACOBIAN = (
-    _layers.SelfNormDense, _layers.SelfNormConv2D, _layers.ActNorm, _layers.Conv1x1,
-    _layers.EmergingConv2D, _layers.ConvExponential, _layers.Normalize, _layers.Dequantize,
-    _layers.Squeeze, _layers.Reshape,
-)
 
 
 class _NoCache(cache_util.BijectorCache):
@@ -96,13 +88,7 @@ def _event_shape(layer):
         raise ValueError(
             f"{layer.name}: build the layer (call it on data once, or build the FlowModel) before "
             "taking a TFP view of it: the view needs its event shape.")
-    shape = getattr(layer, "event_shape", None)
-    if shape is None:
-        if layer.input_rank is None:
-            raise ValueError(f"{layer.name}: cannot tell the layer's event rank (no event_shape "
-                             "and no input_rank).")
-        shape = (None,) * (layer.input_rank - 1)
-    return tuple(shape)
+    return tuple(layer.event_shape)
 
 
 def _per_example(fn, t, event_rank):
@@ -152,7 +138,7 @@ class FlowBijector(tfb.Bijector):
         parameters = dict(locals())
         if not isinstance(layer, FlowLayer):
             raise ValueError(f"FlowBijector: {layer!r} is not a snf_tf flow layer.")
-        if getattr(layer, "samples_on_inverse", False) and not self._allows_sampling_inverse:
+        if layer.samples_on_inverse and not self._allows_sampling_inverse:
             raise ValueError(
                 f"FlowBijector: {layer.name} ({type(layer).__name__}) drops dimensions and is not "
                 "a bijection, so it has no bijector view. FlowModel.as_distribution() / "
@@ -168,7 +154,7 @@ class FlowBijector(tfb.Bijector):
         super().__init__(
             forward_min_event_ndims=len(self._z_event),
             inverse_min_event_ndims=len(self._x_event),
-            is_constant_jacobian=isinstance(layer, _CONSTANT_JACOBIAN),
+            is_constant_jacobian=layer.constant_jacobian,
             validate_args=validate_args,
             dtype=tf.as_dtype(layer.compute_dtype),
             parameters=parameters,
@@ -334,7 +320,7 @@ class FlowDistribution(_TransformedBase):
 
 
 def _view(layer, exact, exact_inverse, training, temperature):
-    if getattr(layer, "samples_on_inverse", False):
+    if layer.samples_on_inverse:
         return _SplitPriorView(layer, exact=exact, exact_inverse=exact_inverse, training=training,
                                temperature=temperature)
     return FlowBijector(layer, exact=exact, exact_inverse=exact_inverse, training=training)
@@ -361,80 +347,3 @@ def model_distribution(model, exact=True, exact_inverse=False, temperature=1.0):
     base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
                       sample_shape=list(model.latent_shape))
     return FlowDistribution(base, bijector, name=f"{model.name}_distribution")
-
-
-# ---------------------------------------------------------------------------------------------
-@keras.saving.register_keras_serializable(package="snf_tf")
-class RealNVPCoupling(FixedShapeFlowLayer):
-    """A flow layer around a stock ``tfb.RealNVP`` whose shift/log-scale network is made of
-    Keras 3 ``Dense`` layers owned by this layer (so ``FlowModel.fit`` trains it).
-
-    Dense inputs ``[batch, D]``: the first ``num_masked`` features condition an affine map of the
-    rest. Normalizing direction (layer ``forward``) = the bijector's ``inverse``; log-det = its
-    ``inverse_log_det_jacobian``. A new ``tfb.RealNVP`` is made per call (TFP's cache then cannot
-    return values computed with old weights).
-
-    Args:
-        hidden_units: widths of the hidden ``Dense`` layers (ReLU).
-        num_masked: size of the conditioning half (default D // 2).
-        reverse: condition on the *last* ``num_masked`` features instead (alternate in stacks).
-    """
-
-    input_rank = 2
-    _needs_known_shape = True
-
-    def __init__(self, hidden_units=(64,), num_masked=None, reverse=False, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.num_masked = None if num_masked is None else int(num_masked)
-        self.reverse = bool(reverse)
-
-    def _build_for_shape(self, event_shape):
-        dim = event_shape[0]
-        if self.num_masked is None:
-            self.num_masked = dim // 2
-        if not 0 < self.num_masked < dim:
-            raise ValueError(f"{self.name}: num_masked must be in (0, D={dim}), got "
-                             f"{self.num_masked}.")
-        self.hidden = [keras.layers.Dense(u, activation="relu", dtype=self.dtype_policy,
-                                          name=f"hidden_{i}")
-                       for i, u in enumerate(self.hidden_units)]
-        self.out = keras.layers.Dense(2 * (dim - self.num_masked), kernel_initializer="zeros",
-                                      dtype=self.dtype_policy, name="shift_and_log_scale")
-        shape = (None, self.num_masked)
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = (None, layer.units)
-        self.out.build(shape)
-
-    def _shift_and_log_scale(self, x, output_units, **kwargs):
-        h = x
-        for layer in self.hidden:
-            h = layer(h)
-        shift, log_scale = tf.split(self.out(h), 2, axis=-1)
-        return shift, tf.tanh(log_scale)
-
-    def bijector(self):
-        """A fresh stock ``tfb.RealNVP`` (generative direction) reading this layer's weights."""
-        real_nvp = tfb.RealNVP(num_masked=self.num_masked,
-                               shift_and_log_scale_fn=self._shift_and_log_scale)
-        if not self.reverse:
-            return real_nvp
-        dim = self.event_shape[0]
-        perm = tfb.Permute(np.arange(dim)[::-1].copy())
-        return tfb.Chain([perm, real_nvp, perm])
-
-    def forward(self, x, exact=False, training=False):
-        x = self._check_input(x)
-        bijector = self.bijector()
-        return bijector.inverse(x), bijector.inverse_log_det_jacobian(x, event_ndims=1)
-
-    def inverse(self, z, exact=False):
-        z = self._check_input(z, "z")
-        return self.bijector().forward(z)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=list(self.hidden_units), num_masked=self.num_masked,
-                      reverse=self.reverse)
-        return config

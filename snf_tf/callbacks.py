@@ -1,6 +1,6 @@
 """Training utilities as Keras pieces: LR warm-up, GECO for λ, image grids, best-validation testing.
 
-PAPER.md §1 (GECO) and §3 (training loop of the reference): Adam, per-batch linear warm-up over the
+docs/paper.md: method (GECO) and §3 (training loop of the reference): Adam, per-batch linear warm-up over the
 first 10 epochs, optional global-norm clipping (use the optimizer's ``global_clipnorm``), exact NLL
 on the validation set every epoch and the test NLL reported at the best-validation epoch.
 Non-finite losses stop training (``keras.callbacks.TerminateOnNaN``); the best checkpoint on disk
@@ -50,7 +50,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Geco(keras.callbacks.Callback):
-    """GECO-style λ adaptation of the reference (PAPER.md §1), per SNF layer after every batch.
+    """GECO-style λ adaptation of the reference (docs/paper.md: method), per SNF layer after every batch.
 
     ``ema ← α·ema + (1−α)·r`` (``r`` = the layer's unweighted mean reconstruction error of the batch,
     ema initialised to the first ``r``), then ``λ ← λ·exp(rate·ema)``. As in the reference there is
@@ -64,7 +64,7 @@ class Geco(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         for layer in self.model.flow_layers:
-            if not getattr(layer, "uses_reconstruction", False):
+            if not layer.uses_reconstruction:
                 continue
             error = float(layer.last_reconstruction_error.numpy())
             if not math.isfinite(error):

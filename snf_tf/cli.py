@@ -174,10 +174,7 @@ class SampleCommand(Command):
             except (FileNotFoundError, ValueError) as error:
                 raise CliError(str(error)) from None
             return loaded.sample(n=n, seed=seed).numpy()
-        from snf_tf import export
-
-        model = _load_checkpoint(path)
-        return export.sample(model, n, seed).numpy()
+        return _load_checkpoint(path).sample(n, seed=seed).numpy()
 
 
 @register

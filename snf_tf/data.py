@@ -1,4 +1,4 @@
-"""tf.data pipelines for the paper's datasets, from tensorflow-datasets (PAPER.md §5).
+"""tf.data pipelines for the paper's datasets, from tensorflow-datasets (docs/paper.md: datasets).
 
 Images stay ``uint8`` NHWC in the pipeline; dequantization, /256 and logit are flow layers inside the
 model so that their log-dets count in the likelihood.

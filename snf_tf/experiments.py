@@ -1,9 +1,9 @@
-"""The paper's experiments by name, with the reference hyperparameters (PAPER.md §2-§5).
+"""The paper's experiments by name, with the reference hyperparameters (docs/paper.md: results, datasets).
 
 Each :class:`Experiment` is a frozen record: dataset, model builder and its arguments, training
 hyperparameters, and the number the paper reports for it. :func:`config` turns one into a plain
 ``dict`` with overrides applied — a fresh dict every call, so runs in one process never share
-state (the reference's module-level ``default_config`` leaked between experiments, PAPER.md §7.9).
+state (the reference's module-level ``default_config`` leaked between experiments, docs/paper.md: re-implementation notes).
 :func:`build_model` and :func:`datasets` give the model and the train/validation/test pipelines;
 :func:`snf_tf.training.run` trains one and writes its run folder.
 
@@ -25,7 +25,7 @@ _MNIST_EVAL = 500
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """One reference experiment (PAPER.md §4)."""
+    """One reference experiment (docs/paper.md: experiments)."""
 
     name: str
     description: str

@@ -24,8 +24,8 @@ Design decisions (documented contract of the exported endpoints):
 - **Input dtype**: ``x`` is ``float32`` with shape ``[None] + model.data_shape`` (free batch
   dimension); ``z`` is ``float32`` with shape ``[None] + model.latent_shape``. Cast uint8 images to
   float32 before calling. ``n`` and ``seed`` are int32 scalars.
-- **Dequantization**: the exported ``log_prob`` and ``forward`` never add noise (every
-  ``Dequantize`` layer is called with ``add_noise=False``): ``x`` is taken as the already continuous
+- **Dequantization**: the exported ``log_prob`` and ``forward`` never add noise
+  (``model.forward(x, noise=False)``): ``x`` is taken as the already continuous
   value on the data scale ``[0, 256)^D``, and ``log_prob`` is the deterministic density of the flow
   at that point. **For integer images use** ``dequantized_log_prob(x, seed)``, the reference's
   one-sample dequantized estimate: a flow trained on dequantized data has no meaningful density
@@ -33,21 +33,20 @@ Design decisions (documented contract of the exported endpoints):
   integer validation images gives 2.4e16 nats (SNF Glow) and −2774 nats (SNF conv) where the
   dequantized estimate gives 867 and 964. (Inside Python ``FlowModel.log_prob`` adds the noise of
   ``Dequantize(always=True)``; :func:`log_prob` here is the exported, noise-free computation.)
-- **Exact log-dets are frozen in**: ``model.refresh_log_dets()`` runs before tracing and the traced
-  graph reads each SNF layer's ``log_det_cache`` variable (also for ``gradient="exact"`` layers):
-  the SavedModel contains no ``slogdet``. The exported values are exact for the weights at export.
-- **Seeds**: ``sample(n, seed)`` draws the latent with ``tf.random.stateless_normal(seed=[seed, 0])``
-  and the dropped half of the k-th ``SplitPrior`` met on the way back (k = 0, 1, ...) with
-  ``seed=[seed + 1, k]``. For models with at most one ``SplitPrior`` this equals
-  ``model.sample(n, seed=seed)`` exactly.
+- **Exact log-dets are frozen in**: the endpoints are traced inside ``model.frozen_log_dets()``
+  (every cache refreshed, then read as it is — also for ``gradient="exact"`` layers): the
+  SavedModel contains no ``slogdet``. The exported values are exact for the weights at export.
+- **Seeds**: every endpoint is a wrapper of ``FlowModel``'s own walk of the layers, so
+  ``sample(n, seed)`` is ``model.sample(n, seed=seed)`` (the latent from
+  ``stateless_normal(seed=[seed, 0])``, the dropped half of the k-th ``SplitPrior`` met on the
+  way back from ``[seed + 1, k]``), with any number of ``SplitPrior`` layers.
 - **Bad input** fails inside the served graph with an ``InvalidArgumentError`` naming the
   endpoint: NaN or inf in ``x`` / ``z`` (``tf.debugging.check_numerics``), ``n < 1``. A wrong shape
   or dtype is refused by the signature itself.
 - **inverse(z)** has no randomness: the halves that ``SplitPrior`` layers factored out are set to
-  their mode, 0 (temperature 0). It equals ``model.inverse(z, temperature=0.0)``.
+  their mode, 0 (temperature 0). It equals ``model.inverse(z, temperature=0.0, seed=0)``.
 """
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -56,7 +55,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from snf_tf.layers.preprocess import Dequantize
+from snf_tf.model import FlowModel
 
 __all__ = ["ENDPOINTS", "export_saved_model", "load_checkpoint", "load_saved_model", "forward",
            "log_prob", "dequantized_log_prob", "inverse", "sample", "frozen_log_dets"]
@@ -72,21 +71,12 @@ DETERMINANT_OPS = ("LogMatrixDeterminant", "MatrixDeterminant", "Lu")
 # -- the computations the endpoints export (usable eagerly too) ----------------------------------
 def forward(model, x, exact=True):
     """``(z, log_det)`` of ``model`` with dequantization noise switched off."""
-    x = model._check_data(x) if hasattr(model, "_check_data") else tf.convert_to_tensor(x)
-    log_det = tf.zeros(tf.shape(x)[:1], dtype=x.dtype)
-    for layer in model.flow_layers:
-        if isinstance(layer, Dequantize):
-            x, layer_log_det = layer.forward(x, exact=exact, add_noise=False)
-        else:
-            x, layer_log_det = layer.forward(x, exact=exact)
-        log_det = log_det + tf.cast(layer_log_det, log_det.dtype)
-    return x, log_det
+    return model.forward(x, exact=exact, noise=False)
 
 
 def log_prob(model, x):
     """Exact per-example ``log p(x)`` in nats on the data scale, without dequantization noise."""
-    z, log_det = forward(model, x, exact=True)
-    return model.base_log_prob(z) + log_det
+    return model.log_prob(x, exact=True, noise=False)
 
 
 def dequantized_log_prob(model, x, seed):
@@ -101,81 +91,31 @@ def dequantized_log_prob(model, x, seed):
     return log_prob(model, x + noise)
 
 
-def _inverse(model, z, temperature, seed):
-    """Inverse through the learned inverses; ``SplitPrior`` halves from N(0, T²) with stateless
-    seeds ``[seed + 1, k]`` (``seed`` a scalar tensor) or zeros when ``seed`` is None."""
-    z = tf.cast(tf.convert_to_tensor(z), model.compute_dtype)
-    k = 0
-    for layer in reversed(model.flow_layers):
-        if getattr(layer, "samples_on_inverse", False):
-            if seed is None:
-                dropped = tf.zeros_like(z)
-            else:
-                pair = tf.stack([tf.cast(seed, tf.int32) + 1, tf.constant(k, tf.int32)])
-                dropped = tf.random.stateless_normal(tf.shape(z), seed=pair, stddev=temperature,
-                                                     dtype=z.dtype)
-            z = layer.inverse(z, exact=False, dropped=dropped)
-            k += 1
-        else:
-            z = layer.inverse(z, exact=False)
-    return z
-
-
 def inverse(model, z):
     """``x = f⁻¹(z)`` through the learned inverses; factored-out halves at their mode (0)."""
-    return _inverse(model, z, 0.0, None)
+    return model.inverse(tf.cast(tf.convert_to_tensor(z), model.compute_dtype),
+                         temperature=0.0, seed=0)
 
 
 def sample(model, n, seed, temperature=1.0):
-    """``n`` samples through the learned inverse; reproducible for a given ``seed`` (see module
-    docstring). ``n`` and ``seed`` may be Python ints or scalar tensors."""
-    n = tf.cast(tf.convert_to_tensor(n), tf.int32)
-    seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
-    shape = tf.concat([tf.reshape(n, [1]), tf.constant(model.latent_shape, tf.int32)], axis=0)
-    z = tf.random.stateless_normal(shape, seed=tf.stack([seed, tf.constant(0, tf.int32)]),
-                                   stddev=temperature, dtype=model.compute_dtype)
-    return _inverse(model, z, temperature, seed)
+    """``model.sample(n, temperature=temperature, seed=seed)``; ``n`` and ``seed`` may be
+    Python ints or scalar tensors."""
+    return model.sample(n, temperature=temperature, seed=seed)
 
 
-# -- frozen caches ----------------------------------------------------------------------------
-@contextlib.contextmanager
 def frozen_log_dets(model):
-    """Refresh every cached exact log|det| and, inside the block, make every layer that has a
-    ``log_det_cache`` read it instead of computing ``slogdet`` (also ``gradient="exact"`` layers,
-    which otherwise compute it live). For tracing exports; gradients are not meaningful inside."""
-    model.refresh_log_dets()
-    patched = []
-    for layer in _all_layers(model):
-        if hasattr(layer, "log_det_cache") and hasattr(layer, "_live_log_abs_det"):
-            cache = layer.log_det_cache
-            layer._live_log_abs_det = (
-                lambda kernel, cache=cache: tf.convert_to_tensor(cache))
-            patched.append(layer)
-    try:
-        yield model
-    finally:
-        for layer in patched:
-            del layer._live_log_abs_det
-
-
-def _all_layers(model):
-    seen, stack = [], list(model.flow_layers)
-    while stack:
-        layer = stack.pop()
-        if any(layer is s for s in seen):
-            continue
-        seen.append(layer)
-        stack.extend(getattr(layer, "_layers", []))
-    return seen
+    """``model.frozen_log_dets()`` (kept for callers of earlier versions)."""
+    return model.frozen_log_dets()
 
 
 # -- SavedModel ---------------------------------------------------------------------------------
 def _check_flow_model(model):
-    for attribute in ("flow_layers", "data_shape", "latent_shape"):
-        if not hasattr(model, attribute):
-            raise ValueError(
-                f"export_saved_model: expected a built snf_tf.FlowModel, got {type(model).__name__} "
-                f"without {attribute!r} (call the model on a batch of data once to build it).")
+    if not isinstance(model, FlowModel):
+        raise ValueError(f"export_saved_model: expected a built snf_tf.FlowModel, got "
+                         f"{type(model).__name__}.")
+    if not model.built:
+        raise ValueError("export_saved_model: the model is not built yet (call it on a batch of "
+                         "data once).")
 
 
 def export_saved_model(model, path, overwrite=True):
@@ -222,7 +162,7 @@ def export_saved_model(model, path, overwrite=True):
             return sample(model, tf.identity(n), seed)
 
     archive = keras.export.ExportArchive()
-    with frozen_log_dets(model):
+    with model.frozen_log_dets():
         archive.track(model)
         archive.add_endpoint("log_prob", log_prob_fn, input_signature=[x_spec])
         archive.add_endpoint("dequantized_log_prob", dequantized_log_prob_fn,
@@ -273,7 +213,7 @@ def load_checkpoint(path, compile=True):
     except Exception as error:  # noqa: BLE001 - re-raised with the file name, one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot load {path}: {message}") from error
-    if not hasattr(model, "flow_layers"):
+    if not isinstance(model, FlowModel):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a snf_tf FlowModel")
     return model
 

@@ -5,6 +5,7 @@ likelihood. ``log p(x) = log N(z; 0, I) + Σ_k log|det J_k|`` with ``z`` the out
 layers that factor dimensions out (``SplitPrior``) add their own log-density terms to their log-det.
 """
 
+import contextlib
 import math
 
 import keras
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from snf_tf import bijectors
 from snf_tf.layers.base import FlowLayer, NonFiniteError, check_batch_values
 
 __all__ = ["FlowModel"]
@@ -48,6 +50,11 @@ class _naming_the_culprit:
         return False
 
 
+def _seed_pair(seed, k):
+    """The stateless seed of the k-th random layer of one call: ``(seed, k)`` (int32)."""
+    return tf.stack([tf.cast(seed, tf.int32), tf.constant(k, tf.int32)])
+
+
 def _check_fit_data(x):
     """``ValueError`` for data ``fit``/``evaluate`` cannot use: an empty array or dataset, or an
     array with NaN/inf (which would turn the first step's weights into NaN)."""
@@ -80,6 +87,12 @@ class FlowModel(keras.Model):
       (``bpd``), with every layer's cached exact log-det refreshed first (outside XLA).
     - ``log_prob(x, exact=True)``, ``sample(n, ...)``, ``reconstruct(x)``, ``inverse_errors()``.
 
+    ``forward``, ``inverse`` and ``sample`` are the only walks of the layer stack in snf_tf: the
+    TFP views, the SavedModel endpoints and ``snf-tf sample`` are wrappers around them. One seed
+    scheme: with an int (or int32 tensor) ``seed`` the k-th random layer met in a call (k = 0,
+    1, ... in the order of the walk) draws statelessly with ``(seed, k)``; ``sample`` draws the
+    latent with ``(seed, 0)`` and walks back with ``seed + 1``.
+
     Args:
         flow_layers: the flow layers, data side first (preprocessing layers included, so their
             log-dets count in the likelihood).
@@ -103,40 +116,50 @@ class FlowModel(keras.Model):
         self.bpd_tracker = keras.metrics.Mean(name="bpd")
 
     # -- the flow ----------------------------------------------------------------------------
-    def forward(self, x, exact=False, training=False):
-        """``(z, Σ log-det)`` of the whole stack; ``log_det`` has shape [batch]."""
-        z, log_det, _ = self.forward_with_reconstruction(x, exact=exact, training=training)
+    def forward(self, x, exact: bool = False, training: bool = False, noise: bool | None = None,
+                seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(z, Σ log-det)`` of the whole stack; ``log_det`` has shape [batch]. ``noise``
+        switches dequantization noise on/off (None: the layers' own rule), ``seed`` makes it
+        stateless (see the class docstring)."""
+        z, log_det, _ = self.forward_with_reconstruction(x, exact=exact, training=training,
+                                                         noise=noise, seed=seed)
         return z, log_det
 
-    def forward_with_reconstruction(self, x, exact=False, training=False):
+    def forward_with_reconstruction(self, x, exact: bool = False, training: bool = False,
+                                    noise: bool | None = None, seed=None,
+                                    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """``(z, Σ log-det, Σ λ·reconstruction)``: the reconstruction losses are returned by the
         layers (not collected with ``add_loss``, whose lists replicas of tf.distribute share)."""
         x = self._check_data(x)
         log_det = tf.zeros(tf.shape(x)[:1], dtype=self.compute_dtype)
         recon = tf.zeros([], dtype=self.compute_dtype)
+        k = 0  # the k-th layer that draws noise gets the stateless seed (seed, k)
         for i, layer in enumerate(self.flow_layers):
+            layer_seed = None
+            if layer.draws_on_forward:
+                layer_seed = None if seed is None else _seed_pair(seed, k)
+                k += 1
             with _naming_the_culprit(self.flow_layers[i - 1] if i else None, "forward"):
                 x, layer_log_det, layer_recon = layer.forward_with_reconstruction(
-                    x, exact=exact, training=training)
+                    x, exact=exact, training=training, noise=noise, seed=layer_seed)
             log_det = log_det + tf.cast(layer_log_det, log_det.dtype)
             if layer_recon is not None:
                 recon = recon + tf.cast(layer_recon, recon.dtype)
         return x, log_det, recon
 
-    def inverse(self, z, exact=False, temperature=1.0, seed=None):
+    def inverse(self, z, exact: bool = False, temperature: float = 1.0, seed=None) -> tf.Tensor:
         """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``). Layers that
         factored dimensions out (SplitPrior) sample them at ``temperature``; with an int ``seed``
         the k-th of them met on the way back draws statelessly with seed ``(seed, k)``."""
-        k = 0  # the k-th factored-out layer met on the way back draws with seed (seed, k)
+        k = 0
         previous = None
         for layer in reversed(self.flow_layers):
+            layer_seed = None
+            if layer.samples_on_inverse:
+                layer_seed = None if seed is None else _seed_pair(seed, k)
+                k += 1
             with _naming_the_culprit(previous, "inverse"):
-                if getattr(layer, "samples_on_inverse", False):
-                    layer_seed = None if seed is None else (int(seed), k)
-                    z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed)
-                    k += 1
-                else:
-                    z = layer.inverse(z, exact=exact)
+                z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed)
             previous = layer
         return z
 
@@ -181,9 +204,11 @@ class FlowModel(keras.Model):
         normal = tfp.distributions.Normal(tf.zeros([], z.dtype), tf.ones([], z.dtype))
         return tf.reduce_sum(tf.reshape(normal.log_prob(z), [tf.shape(z)[0], -1]), axis=-1)
 
-    def log_prob(self, x, exact=True, training=False):
-        """Per-example ``log p(x)`` in nats on the data scale (exact by default)."""
-        z, log_det = self.forward(x, exact=exact, training=training)
+    def log_prob(self, x, exact: bool = True, training: bool = False, noise: bool | None = None,
+                 seed=None) -> tf.Tensor:
+        """Per-example ``log p(x)`` in nats on the data scale (exact by default; ``noise`` and
+        ``seed`` as in :meth:`forward`)."""
+        z, log_det = self.forward(x, exact=exact, training=training, noise=noise, seed=seed)
         return self.base_log_prob(z) + log_det
 
     def call(self, inputs, training=False):
@@ -198,26 +223,39 @@ class FlowModel(keras.Model):
     def as_bijector(self, exact=False, exact_inverse=None, temperature=1.0):
         """``snf_tf.bijectors.Chain`` of the layers' TFP views (forward = z → x, inverse = x → z);
         see :func:`snf_tf.bijectors.model_bijector`."""
-        from snf_tf.bijectors import model_bijector
-
-        return model_bijector(self, exact=exact, exact_inverse=exact_inverse,
+        return bijectors.model_bijector(self, exact=exact, exact_inverse=exact_inverse,
                               temperature=temperature)
 
     def as_distribution(self, exact=True, exact_inverse=False, temperature=1.0):
         """``tfd.TransformedDistribution`` of the flow over N(0, I) on ``latent_shape``:
         ``log_prob`` = ``self.log_prob(x, exact=exact)``, ``sample`` goes through the learned
         inverses. Training still goes through ``fit`` (its ``trainable_variables`` are empty)."""
-        from snf_tf.bijectors import model_distribution
-
-        return model_distribution(self, exact=exact, exact_inverse=exact_inverse,
+        return bijectors.model_distribution(self, exact=exact, exact_inverse=exact_inverse,
                                   temperature=temperature)
 
     # -- exact log-det caches ----------------------------------------------------------------
     def refresh_log_dets(self):
         """Recompute every layer's cached exact log|det| (outside XLA)."""
         for layer in self.flow_layers:
-            if hasattr(layer, "refresh_log_det") and layer.built:
+            if layer.has_log_det_cache and layer.built:
                 layer.refresh_log_det()
+
+    @contextlib.contextmanager
+    def frozen_log_dets(self):
+        """Refresh every cached exact log|det| and, inside the block, make every layer with a
+        cache read it as it is instead of testing it or computing ``slogdet`` (also
+        ``gradient="exact"`` layers, which otherwise compute it live): for tracing SavedModel
+        exports, whose graphs then hold no determinant. Gradients are not meaningful inside."""
+        self.refresh_log_dets()
+        layers = [layer for layer in self.flow_layers if layer.has_log_det_cache]
+        before = [layer.frozen_log_det for layer in layers]
+        for layer in layers:
+            layer.frozen_log_det = True
+        try:
+            yield self
+        finally:
+            for layer, value in zip(layers, before):
+                layer.frozen_log_det = value
 
     def _build_from_data(self, x):
         """Check in-memory data (empty, non-finite) and empty datasets before any step runs, and
@@ -285,20 +323,26 @@ class FlowModel(keras.Model):
         return [self.loss_tracker, self.nll_tracker, self.recon_tracker, self.bpd_tracker]
 
     # -- generation and diagnostics ------------------------------------------------------------
-    def sample(self, n, exact_inverse=False, temperature=1.0, seed=None):
-        """``n`` samples: ``z ~ N(0, T²I)`` pushed through the inverse (learned R by default)."""
+    def sample(self, n, exact_inverse: bool = False, temperature: float = 1.0,
+               seed=None) -> tf.Tensor:
+        """``n`` samples: ``z ~ N(0, T²I)`` pushed through the inverse (learned R by default).
+
+        ``n`` and ``seed`` may be Python ints or int32 scalar tensors (inside a ``tf.function``).
+        With a ``seed`` the result depends on nothing else (see the class docstring)."""
         if not self.built:
             raise ValueError("FlowModel.sample: build the model first (call it on data once).")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        if not tf.is_tensor(n) and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                                    or n < 1):
             raise ValueError(f"FlowModel.sample: n must be a positive int, got {n!r}.")
+        shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
+                           tf.constant(self.latent_shape, tf.int32)], axis=0)
         if seed is None:
-            z = tf.random.normal((n,) + self.latent_shape, stddev=temperature,
-                                 dtype=self.compute_dtype)
-        else:
-            z = tf.random.stateless_normal((n,) + self.latent_shape, seed=[int(seed), 0],
-                                           stddev=temperature, dtype=self.compute_dtype)
+            z = tf.random.normal(shape, stddev=temperature, dtype=self.compute_dtype)
+            return self.inverse(z, exact=exact_inverse, temperature=temperature)
+        z = tf.random.stateless_normal(shape, seed=_seed_pair(seed, 0), stddev=temperature,
+                                       dtype=self.compute_dtype)
         return self.inverse(z, exact=exact_inverse, temperature=temperature,
-                            seed=None if seed is None else int(seed) + 1)
+                            seed=tf.cast(seed, tf.int32) + 1)
 
     def reconstruct(self, x):
         """``f⁻¹(f(x))`` with the learned inverses: equals ``x`` where every R is exact."""
@@ -308,7 +352,7 @@ class FlowModel(keras.Model):
     def inverse_errors(self):
         """``{layer name: ‖RW − I‖_F}`` for every layer with a learned inverse."""
         return {layer.name: float(layer.inverse_error()) for layer in self.flow_layers
-                if getattr(layer, "learns_inverse", False)}
+                if layer.learns_inverse}
 
     def get_config(self):
         config = super().get_config()

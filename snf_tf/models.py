@@ -1,6 +1,6 @@
-"""The paper's architectures as ready-made ``FlowModel``s (PAPER.md §4, reference hyperparameters).
+"""The paper's architectures as ready-made ``FlowModel``s (docs/paper.md: experiments, reference hyperparameters).
 
-All models start with the common preprocessing of the reference (PAPER.md §3): uniform
+All models start with the common preprocessing of the reference (docs/paper.md: image pipeline): uniform
 dequantization (one noise sample, also at evaluation, as the reference), ``x/256``, the reference's
 logit pre-scaling ``(x + α)(1 − 2α)`` and a logit; their log-dets count in the likelihood.
 """

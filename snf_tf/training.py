@@ -1,4 +1,4 @@
-"""Train one named experiment into a run folder: ``snf-tf train NAME`` (PAPER.md §3 training loop).
+"""Train one named experiment into a run folder: ``snf-tf train NAME`` (docs/paper.md: image pipeline training loop).
 
 Keras ``fit`` does the work (progress bar, TensorBoard, backups); this module checks everything
 before the first step, wires the callbacks and writes the run folder:
@@ -185,7 +185,7 @@ def _write_samples(model, out, seed):
         return []
     written = []
     variants = [("samples.png", False)]
-    if any(getattr(layer, "learns_inverse", False) for layer in model.flow_layers):
+    if any(layer.learns_inverse for layer in model.flow_layers):
         variants.append(("samples_exact.png", True))
     for filename, exact in variants:
         try:

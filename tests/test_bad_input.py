@@ -126,7 +126,7 @@ def _three_by_three(layer, s):  # only the centre tap: T is block diagonal
 
 
 def _front_end(layer, s):  # Emerging / ConvExp: the exact 1×1 conv in front
-    layer.conv1x1.kernel.assign(_scaled_identity(2, s) @ _rotation(2))
+    layer.conv1x1.kernel.assign((_scaled_identity(2, s) @ _rotation(2))[None, None])
 
 
 def _rotation(size):

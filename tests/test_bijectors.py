@@ -31,7 +31,7 @@ def _close(a, b, tol=1e-9):
 @pytest.mark.parametrize("case", VIEW_CASES, ids=VIEW_IDS)
 def test_view_matches_layer(case, exact):
     layer = _built(case)
-    view = layer.as_bijector(exact=exact)
+    view = B.FlowBijector(layer, exact=exact)
     assert isinstance(view, B.FlowBijector) and isinstance(view, tfb.Bijector)
     assert view.layer is layer and view.name == f"{layer.name}_bijector"
     x = tf.constant(_inputs(case, 3, seed=11))
@@ -54,7 +54,7 @@ def test_view_matches_layer(case, exact):
 
 
 def test_constant_jacobian_flags():
-    flags = {c.name: _built(c).as_bijector().is_constant_jacobian for c in VIEW_CASES}
+    flags = {c.name: B.FlowBijector(_built(c)).is_constant_jacobian for c in VIEW_CASES}
     for name in ("SelfNormDense", "SelfNormConv2D-3x3", "ActNorm", "Conv1x1", "Squeeze", "Flatten",
                  "Normalize", "EmergingConv2D", "ConvExponential"):
         assert flags[name], name
@@ -65,18 +65,18 @@ def test_constant_jacobian_flags():
 def test_split_prior_has_no_bijector_view():
     case = next(c for c in CASES if c.name == "SplitPrior")
     with pytest.raises(ValueError, match="not a bijection"):
-        _built(case).as_bijector()
+        B.FlowBijector(_built(case))
 
 
 def test_unbuilt_layer_is_rejected():
     with pytest.raises(ValueError, match="build the layer"):
-        L.SelfNormDense().as_bijector()
+        B.FlowBijector(L.SelfNormDense())
 
 
 def test_view_accepts_extra_batch_axes_and_no_batch():
     case = next(c for c in CASES if c.name == "SelfNormConv2D-3x3")
     layer = _built(case)
-    view = layer.as_bijector(exact=True)
+    view = B.FlowBijector(layer, exact=True)
     x = tf.constant(_inputs(case, 6, seed=3))
     z, log_det = layer.forward(x, exact=True)
     x23 = tf.reshape(x, (2, 3) + case.shape)
@@ -242,7 +242,7 @@ def test_log_prob_of_samples_recomputes_through_w():
     round_trip = dist.bijector.inverse(samples)
     assert np.abs(round_trip - z).max() > 1e-6
     _close(round_trip, model.forward(samples)[0], 0)
-    view = model.flow_layers[1].as_bijector()
+    view = B.FlowBijector(model.flow_layers[1])
     h = tf.constant(np.random.default_rng(9).standard_normal((3, 6)))
     assert np.abs(view.inverse(view.forward(h)) - h).max() > 1e-6
 
@@ -250,7 +250,7 @@ def test_log_prob_of_samples_recomputes_through_w():
 def test_weight_update_is_visible_with_a_reused_input():
     model, x = _fc_model()
     dist = model.as_distribution(exact=True)
-    view = model.flow_layers[1].as_bijector()
+    view = B.FlowBijector(model.flow_layers[1])
     h = tf.constant(np.random.default_rng(10).standard_normal((3, 6)))
     before, forward_before, inverse_before = dist.log_prob(x), view.forward(h), view.inverse(h)
     dense = model.flow_layers[1]
@@ -311,7 +311,7 @@ def _normal_log_prob(z):
 def test_chain_with_shift_scale_sigmoid():
     first, second = _dense(1), _dense(2)
     shift, scale = tf.constant([0.1, -0.2, 0.3, 0.0], tf.float64), tf.constant(1.7, tf.float64)
-    views = [layer.as_bijector(exact=True, exact_inverse=False) for layer in (first, second)]
+    views = [B.FlowBijector(layer, exact=True, exact_inverse=False) for layer in (first, second)]
     chain = B.Chain([tfb.Sigmoid(), views[0], tfb.Shift(shift), tfb.Scale(scale), views[1]])
     dist = B.FlowDistribution(tfd.Sample(tfd.Normal(tf.constant(0.0, tf.float64), 1.0), [4]),
                               chain)
@@ -339,7 +339,7 @@ def test_real_nvp_plain_function_with_views():
 
     first, second = _dense(5), _dense(6)
     real_nvp = tfb.RealNVP(num_masked=2, shift_and_log_scale_fn=shift_and_log_scale)
-    chain = B.Chain([first.as_bijector(exact=True), real_nvp, second.as_bijector(exact=True)])
+    chain = B.Chain([B.FlowBijector(first, exact=True), real_nvp, B.FlowBijector(second, exact=True)])
     dist = B.FlowDistribution(tfd.Sample(tfd.Normal(tf.constant(0.0, tf.float64), 1.0), [4]),
                               chain)
     x = tf.constant(rng.standard_normal((6, 4)))

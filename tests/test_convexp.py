@@ -32,15 +32,15 @@ def make_layer(shape, rng, kernel_scale=0.15, **kwargs):
     layer.kernel.assign(kernel_scale * rng.standard_normal((3, 3, c, c)))
     layer.pre_bias.assign(0.3 * rng.standard_normal(shape))
     layer.post_bias.assign(0.3 * rng.standard_normal(shape))
-    layer.conv1x1.kernel.assign(np.linalg.qr(rng.standard_normal((c, c)))[0]
-                                + 0.2 * rng.standard_normal((c, c)))
+    layer.conv1x1.kernel.assign((np.linalg.qr(rng.standard_normal((c, c)))[0]
+                                 + 0.2 * rng.standard_normal((c, c)))[None, None])
     return layer
 
 
 def reference_forward(layer, x, kernel):
     """exp(T(M)) applied to the 1×1-conv output, with the dense matrix exponential."""
     n, h, w, c = x.shape
-    hidden = (x + layer.pre_bias.numpy()) @ layer.conv1x1.kernel.numpy()
+    hidden = (x + layer.pre_bias.numpy()) @ layer.conv1x1.kernel.numpy()[0, 0]
     z = hidden.reshape(n, -1) @ scipy.linalg.expm(conv_matrix(kernel, h, w))
     return z.reshape(x.shape) + layer.post_bias.numpy()
 
@@ -77,7 +77,7 @@ def test_series_length_follows_training_flag_and_constructor():
     for train_terms, eval_terms in [(6, 13), (2, 4)]:
         layer = make_layer(shape, np.random.default_rng(2), kernel_scale=0.3,
                            train_terms=train_terms, eval_terms=eval_terms)
-        hidden = ((x + layer.pre_bias.numpy()) @ layer.conv1x1.kernel.numpy()).reshape(2, -1)
+        hidden = ((x + layer.pre_bias.numpy()) @ layer.conv1x1.kernel.numpy()[0, 0]).reshape(2, -1)
         for training, terms in [(False, eval_terms), (True, train_terms)]:
             z, _ = layer.forward(x, training=training)
             t = conv_matrix(layer.effective_kernel().numpy(), 3, 3)
@@ -98,7 +98,7 @@ def test_log_det_equals_slogdet_of_autodiff_jacobian(shape):
     h, w, _ = shape
     kernel = layer.effective_kernel().numpy()
     closed_form = h * w * (np.trace(kernel[1, 1])
-                           + np.linalg.slogdet(layer.conv1x1.kernel.numpy())[1])
+                           + np.linalg.slogdet(layer.conv1x1.kernel.numpy()[0, 0])[1])
     np.testing.assert_allclose(log_det, np.full(2, closed_form), rtol=1e-12)
     # tr T(M) = H·W·tr(centre tap): the trace of the whole Toeplitz matrix
     np.testing.assert_allclose(np.trace(conv_matrix(kernel, h, w)), h * w * np.trace(kernel[1, 1]),
@@ -116,11 +116,11 @@ def test_series_inverse_converges_with_the_number_of_terms(shape):
     assert 0.8 < np.linalg.norm(t, 2) < 0.95            # the kernel was scaled down to ≈ coeff
     x = rng.standard_normal((3,) + shape)
     z, _ = layer.forward(x)
-    errors = [np.abs(layer.inverse(z, terms=k).numpy() - x).max() for k in range(1, 16)]
+    errors = [np.abs(layer.series_inverse(z, k).numpy() - x).max() for k in range(1, 16)]
     assert all(b < a for a, b in zip(errors[:10], errors[1:11])), errors
     assert errors[0] > 1e-2 and errors[12] < 1e-9, errors   # default: 13 terms
     np.testing.assert_allclose(layer.inverse(z), x, atol=1e-9)
-    np.testing.assert_array_equal(layer.inverse(z, exact=True), layer.inverse(z, terms=13))
+    np.testing.assert_array_equal(layer.inverse(z, exact=True), layer.series_inverse(z, 13))
 
 
 def test_float32_round_trip_at_initialisation_and_in_training_mode():
@@ -128,7 +128,7 @@ def test_float32_round_trip_at_initialisation_and_in_training_mode():
     x = tf.random.normal((4, 7, 7, 16))
     z, _ = layer.forward(x, training=True)
     # 6 training terms: the inverse of the truncated series is exact to the truncation error
-    np.testing.assert_allclose(layer.inverse(z, terms=6), x, atol=1e-4)
+    np.testing.assert_allclose(layer.series_inverse(z, 6), x, atol=1e-4)
     z, _ = layer.forward(x)
     np.testing.assert_allclose(layer.inverse(z), x, atol=1e-5)
 
@@ -161,7 +161,7 @@ def test_small_kernels_are_left_alone_up_to_the_stability_constant():
                                rtol=1e-14)
 
 
-# -- initialisation (reference, PAPER.md §6) -----------------------------------------------------
+# -- initialisation (reference, docs/paper.md: layer details) -----------------------------------------------------
 def test_reference_initialisation():
     c = 16
     layer = ConvExponential()
@@ -172,7 +172,7 @@ def test_reference_initialisation():
     for bias in (layer.pre_bias, layer.post_bias):
         assert bias.shape == (7, 7, c)
         np.testing.assert_array_equal(bias.numpy(), 0)
-    w = layer.conv1x1.kernel.numpy()
+    w = layer.conv1x1.kernel.numpy()[0, 0]
     np.testing.assert_allclose(w @ w.T, np.eye(c), atol=1e-5)
     assert not layer.spectral_vector.trainable
     assert layer.get_config()["train_terms"] == 6 and layer.get_config()["eval_terms"] == 13
@@ -240,7 +240,7 @@ def test_fit_trains_and_runs_the_power_iteration():
     model = keras.Model(inputs, layer(inputs))
 
     def loss(_, z):  # the log-det does not depend on x: recompute it from the effective kernel
-        return _nll(z, layer.log_abs_det(layer.effective_kernel()) * tf.ones(tf.shape(z)[:1]))
+        return _nll(z, layer._log_abs_det(layer.effective_kernel()) * tf.ones(tf.shape(z)[:1]))
 
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, jit_compile=False)
     data = np.random.default_rng(14).normal(size=(32, 4, 4, 2)).astype("float32") * 2
@@ -280,7 +280,7 @@ BAD_INPUT = [
     ("spatial mismatch", lambda l: l.forward(tf.zeros((1, 4, 5, 2))), "spatial"),
     ("integer input", lambda l: l.forward(tf.zeros((1, 4, 4, 2), tf.int32)), "floating-point"),
     ("integer inverse", lambda l: l.inverse(np.zeros((1, 4, 4, 2), np.int64)), "floating-point"),
-    ("bad inverse terms", lambda l: l.inverse(tf.zeros((1, 4, 4, 2)), terms=0), "terms"),
+    ("bad inverse terms", lambda l: l.series_inverse(tf.zeros((1, 4, 4, 2)), 0), "terms"),
     ("unknown size", lambda l: ConvExponential().build((None, 4, None, 2)), "fully known"),
     ("zero train terms", lambda l: ConvExponential(train_terms=0), "train_terms"),
     ("float eval terms", lambda l: ConvExponential(eval_terms=13.0), "eval_terms"),

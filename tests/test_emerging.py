@@ -1,7 +1,7 @@
 """EmergingConv2D against a NumPy transcription of the reference definition, autodiff Jacobians
 and dense solves; its row-by-row exact inverse; Keras behaviour (float64 where precision matters).
 
-Reference (PAPER.md §6): Conv1x1 → SquareAR-conv 2×2 → Flip2d → SquareAR-conv 2×2 → Flip2d, the
+Reference (docs/paper.md: layer details): Conv1x1 → SquareAR-conv 2×2 → Flip2d → SquareAR-conv 2×2 → Flip2d, the
 AR conv being a conv with padding 1 whose last row and column are cropped.
 """
 
@@ -21,7 +21,7 @@ def make_layer(shape, rng, scale=0.3, dtype="float64"):
     layer.build((None,) + shape)
     c = shape[-1]
     q = np.linalg.qr(rng.standard_normal((c, c)))[0]
-    layer.conv1x1.kernel.assign(q + 0.2 * rng.standard_normal((c, c)))
+    layer.conv1x1.kernel.assign((q + 0.2 * rng.standard_normal((c, c)))[None, None])
     for ar in (layer.ar_conv_1, layer.ar_conv_2):
         kernel = scale * rng.standard_normal((2, 2, c, c))
         kernel[1, 1] = np.triu(kernel[1, 1]) + np.diag(1.0 + 0.3 * rng.uniform(-1, 1, c))
@@ -47,7 +47,7 @@ def reference_ar_conv(x, kernel, bias):
 
 
 def reference_forward(layer, x):
-    h = x @ layer.conv1x1.kernel.numpy()
+    h = x @ layer.conv1x1.kernel.numpy()[0, 0]
     h = reference_ar_conv(h, layer.ar_conv_1.kernel.numpy(), layer.ar_conv_1.bias.numpy())
     h = h[:, ::-1, ::-1]
     h = reference_ar_conv(h, layer.ar_conv_2.kernel.numpy(), layer.ar_conv_2.bias.numpy())
@@ -88,7 +88,7 @@ def test_log_det_equals_slogdet_of_autodiff_jacobian(shape):
     np.testing.assert_allclose(log_det, np.linalg.slogdet(jacobian(layer, x))[1], rtol=1e-9,
                                atol=1e-9)
     h, w, _ = shape
-    closed_form = h * w * (np.linalg.slogdet(layer.conv1x1.kernel.numpy())[1] + sum(
+    closed_form = h * w * (np.linalg.slogdet(layer.conv1x1.kernel.numpy()[0, 0])[1] + sum(
         np.sum(np.log(np.abs(np.diag(ar.kernel.numpy()[1, 1]))))
         for ar in (layer.ar_conv_1, layer.ar_conv_2)))
     np.testing.assert_allclose(log_det, np.full(3, closed_form), rtol=1e-10)
@@ -174,12 +174,12 @@ def test_training_step_compiles_with_xla_and_matches_eager():
         np.testing.assert_allclose(g, g_eager, rtol=1e-8, atol=1e-12)
 
 
-# -- initialisation (reference, PAPER.md §6) -----------------------------------------------------
+# -- initialisation (reference, docs/paper.md: layer details) -----------------------------------------------------
 def test_reference_initialisation():
     c = 16
     layer = EmergingConv2D()
     layer.build((None, 7, 7, c))
-    w = layer.conv1x1.kernel.numpy()
+    w = layer.conv1x1.kernel.numpy()[0, 0]
     np.testing.assert_allclose(w @ w.T, np.eye(c), atol=1e-5)
     for ar in (layer.ar_conv_1, layer.ar_conv_2):
         kernel = ar.kernel.numpy()
@@ -247,7 +247,7 @@ def test_fit_trains_and_keeps_the_inverse_exact():
     model = keras.Model(inputs, layer(inputs))
 
     def loss(_, z):
-        return _nll(z, layer.log_abs_det() * tf.ones(tf.shape(z)[:1]))
+        return _nll(z, layer.exact_log_abs_det() * tf.ones(tf.shape(z)[:1]))
 
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, jit_compile=False)
     data = np.random.default_rng(11).normal(size=(32, 4, 4, 2)).astype("float32") * 2

@@ -2,7 +2,7 @@
 
 References: autodiff ``batch_jacobian`` + NumPy slogdet for every log-det, a NumPy re-computation of
 the reference coupling network (interleaved scale/shift), NumPy batch statistics for ActNorm's
-data-dependent init, and the closed forms of PAPER.md §6. Float64 where precision matters.
+data-dependent init, and the closed forms of docs/paper.md: layer details. Float64 where precision matters.
 """
 
 import pathlib
@@ -66,7 +66,7 @@ IDS = list(CASES)
 def _round_trip(layer, x):
     if isinstance(layer, SplitPrior):
         kept, dropped, _ = layer.split(x)
-        return layer.inverse(kept, dropped=dropped)
+        return layer.merge(kept, dropped)
     z, _ = layer.forward(x)
     return layer.inverse(z)
 
@@ -187,8 +187,8 @@ def test_config_and_keras_file_round_trips_give_identical_outputs(name, tmp_path
     np.testing.assert_array_equal(log_det3, log_det)
     if isinstance(layer, SplitPrior):
         kept, dropped, _ = layer.split(x)
-        np.testing.assert_array_equal(loaded.inverse(kept, dropped=dropped),
-                                      layer.inverse(kept, dropped=dropped))
+        np.testing.assert_array_equal(loaded.merge(kept, dropped),
+                                      layer.merge(kept, dropped))
     else:
         np.testing.assert_array_equal(loaded.inverse(z), layer.inverse(z))
 
@@ -236,9 +236,9 @@ BAD_INPUT = [
     ("split integer", lambda: SplitPrior(4).forward(tf.zeros((1, 2, 2, 2), tf.int32)),
      "floating-point"),
     ("split inverse channels", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).inverse(
-        tf.zeros((1, 4, 4, 4))), "C/2 = 2"),
-    ("split inverse dropped", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).inverse(
-        tf.zeros((1, 4, 4, 2)), dropped=tf.zeros((1, 4, 4, 3))), "dropped"),
+        tf.zeros((1, 4, 4, 4))), "C = 2"),
+    ("split merge dropped", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).merge(
+        tf.zeros((1, 4, 4, 2)), tf.zeros((1, 4, 4, 3))), "dropped"),
     ("split inverse integer", lambda: _built(SplitPrior(4), (None, 4, 4, 4)).inverse(
         tf.zeros((1, 4, 4, 2), tf.int32)), "floating-point"),
     ("split inverse unbuilt", lambda: SplitPrior(4).inverse(tf.zeros((1, 4, 4, 2))), "build"),
@@ -261,10 +261,10 @@ def test_conv1x1_compiles_with_xla_and_its_log_det_gradient_is_w_inverse_transpo
     np.testing.assert_allclose(compiled(tf.zeros((1, 3, 3, 2), tf.float64)),
                                [9 * np.linalg.slogdet(w)[1]], rtol=1e-12)
     with tf.GradientTape() as tape:
-        value = layer.log_abs_det()
+        value = layer.log_abs_det_per_pixel()
     np.testing.assert_allclose(tape.gradient(value, layer.kernel)[0, 0], np.linalg.inv(w).T,
                                rtol=1e-10)
-    assert layer.supports_jit
+    assert layer.supports_xla
 
 
 # -- quirks ------------------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_split_prior_sampling():
     kept, dropped, _ = layer.split(x)
     # temperature 0 samples the mode: the same as giving zeros
     np.testing.assert_allclose(layer.inverse(kept, temperature=0.0),
-                               layer.inverse(kept, dropped=np.zeros_like(dropped)), rtol=1e-12)
+                               layer.merge(kept, np.zeros_like(dropped)), rtol=1e-12)
     a, b = layer.inverse(kept, seed=3), layer.inverse(kept, seed=3)
     np.testing.assert_array_equal(a, b)                       # int seed: reproducible
     assert a.shape == x.shape

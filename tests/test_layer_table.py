@@ -1,7 +1,9 @@
 """One table of every flow layer in snf_tf, each run through the same checks (FlowJAX/zuko style).
 
 A new layer joins with one ``Case`` line. ``test_every_flow_layer_is_in_the_table`` fails when a
-layer exported by ``snf_tf.layers`` is missing here.
+layer exported by ``snf_tf.layers`` is missing here. The numerical checks run in every execution
+mode: eagerly, inside a ``tf.function`` and under XLA (``jit_compile=True``), which take different
+branches in the layers (eager value checks, ``tf.cond`` on caches, XLA's NaN-for-stale rule).
 """
 
 import dataclasses
@@ -13,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 import snf_tf.layers as L
-from snf_tf.bijectors import RealNVPCoupling
+from example_layer import ElementwiseAffine
+from snf_tf.layers import RealNVPCoupling
 
 
 @dataclasses.dataclass
@@ -26,8 +29,9 @@ class Case:
     zero_cheap_log_det: bool = False     # SNF layers: exact=False log-det is 0 in value
     perturb: float = 0.0                 # add noise to weights first (e.g. zero-initialised convs)
     square_jacobian: bool = True         # False for layers that drop dimensions (SplitPrior)
-    inverse_kwargs: Callable = None      # (layer, x) -> extra kwargs of inverse (SplitPrior)
+    invert: Callable = None              # (layer, x, z) -> x: the exact inverse (SplitPrior: merge)
     accepts_integers: bool = False       # Dequantize takes the uint8 data itself
+    no_xla: str = None                   # why the exact paths cannot compile with XLA (if so)
 
 
 def _normal(rng, batch, shape):
@@ -59,7 +63,7 @@ CASES = [
          perturb=0.1),
     Case("SplitPrior", lambda: L.SplitPrior(hidden_channels=6, dtype="float64"), (3, 3, 4),
          perturb=0.1, square_jacobian=False,
-         inverse_kwargs=lambda layer, x: {"dropped": layer.split(x)[1]}),
+         invert=lambda layer, x, z: layer.merge(z, layer.split(x)[1])),
     Case("EmergingConv2D", lambda: L.EmergingConv2D(dtype="float64"), (4, 4, 2)),
     Case("ConvExponential", lambda: L.ConvExponential(dtype="float64"), (3, 5, 3)),
     Case("Dequantize", lambda: L.Dequantize(dtype="float64"), (4, 4, 1), sample=_pixels((4, 4, 1)),
@@ -78,8 +82,26 @@ CASES = [
          perturb=0.1),
     Case("SplineActivation", lambda: L.SplineActivation(dtype="float64"), (3, 3, 2), perturb=0.3,
          sample=lambda rng, b: 4 * rng.standard_normal((b, 3, 3, 2))),
+    # the worked example of docs/adding_a_layer.md: one row, the whole table
+    Case("ElementwiseAffine-example", lambda: ElementwiseAffine(dtype="float64"), (3, 2),
+         perturb=0.1),
 ]
 IDS = [c.name for c in CASES]
+MODES = ("eager", "function", "xla")
+
+
+def _in_mode(mode, case, layer, fn):
+    """``fn()`` eagerly, traced, or traced with XLA (skipped where the layer cannot compile)."""
+    if mode == "eager":
+        return fn()
+    if mode == "xla":
+        if not layer.supports_xla:
+            pytest.skip("declares supports_xla = False (slogdet has no XLA kernel)")
+        if case.no_xla:
+            pytest.skip(case.no_xla)
+        if layer.has_log_det_cache:
+            layer.refresh_log_det()  # under XLA a stale cache reads NaN by design
+    return tf.function(fn, jit_compile=mode == "xla", autograph=False)()
 
 
 def _inputs(case, batch, seed=0):
@@ -110,16 +132,20 @@ def _nll(z, log_det):
     return -tf.reduce_mean(-0.5 * tf.reduce_sum(z * z, -1) - 0.5 * d * np.log(2 * np.pi) + log_det)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_round_trip(case):
+def test_round_trip(case, mode):
     layer = _built(case)
-    x = _inputs(case, 5, seed=1)
-    z, _ = layer.forward(x)
-    extra = case.inverse_kwargs(layer, x) if case.inverse_kwargs else {}
-    np.testing.assert_allclose(layer.inverse(z, exact=True, **extra), x, atol=case.inverse_atol)
+    x = tf.constant(_inputs(case, 5, seed=1))
+
+    def round_trip():
+        z, _ = layer.forward(x)
+        return case.invert(layer, x, z) if case.invert else layer.inverse(z, exact=True)
+
+    np.testing.assert_allclose(_in_mode(mode, case, layer, round_trip), x, atol=case.inverse_atol)
 
 
-LEARNED = [c for c in CASES if getattr(c.make(), "learns_inverse", False)]
+LEARNED = [c for c in CASES if c.make().learns_inverse]
 
 
 @pytest.mark.parametrize("case", LEARNED, ids=[c.name for c in LEARNED])
@@ -136,33 +162,48 @@ def test_learned_inverse_applies_r(case):
     np.testing.assert_allclose(layer.forward(exact)[0], z, atol=1e-8)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_log_det_equals_slogdet_of_autodiff_jacobian(case):
+def test_log_det_equals_slogdet_of_autodiff_jacobian(case, mode):
     if not case.square_jacobian:
         pytest.skip("drops dimensions: its log-density term is checked in its own test file")
     layer = _built(case)
     x = tf.constant(_inputs(case, 3, seed=2))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        z, log_det = layer.forward(x, exact=True)
-        z = tf.reshape(z, [3, -1])
-    jac = tape.batch_jacobian(z, x).numpy().reshape(3, z.shape[1], -1)
+
+    def jacobian_and_log_dets():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z, log_det = layer.forward(x, exact=True)
+            z = tf.reshape(z, [3, -1])
+        return tape.batch_jacobian(z, x), log_det, layer.forward(x, exact=False)[1]
+
+    jac, log_det, cheap = _in_mode(mode, case, layer, jacobian_and_log_dets)
+    jac = jac.numpy().reshape(3, jac.shape[1], -1)
     np.testing.assert_allclose(log_det, np.linalg.slogdet(jac)[1], rtol=1e-7, atol=1e-7)
-    _, cheap = layer.forward(x, exact=False)
     if case.zero_cheap_log_det:
         np.testing.assert_array_equal(cheap, np.zeros(3))
     else:
         np.testing.assert_allclose(cheap, log_det, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_every_trainable_weight_gets_a_gradient(case):
+def test_every_trainable_weight_gets_a_gradient(case, mode):
     layer = _built(case)
     x = tf.constant(_inputs(case, 4, seed=3))
-    with tf.GradientTape() as tape:
-        z, log_det = layer.forward(x, training=True)
-        loss = _nll(z, log_det) + tf.add_n([tf.zeros([], tf.float64)] + layer.losses)
-    grads = tape.gradient(loss, layer.trainable_weights)
+
+    def gradients():
+        with tf.GradientTape() as tape:
+            z, log_det, recon = layer.forward_with_reconstruction(x, training=True)
+            loss = _nll(z, log_det) + (0.0 if recon is None else recon)
+        return tape.gradient(loss, layer.trainable_weights)
+
+    grads = _in_mode(mode, case, layer, gradients)
+    if mode == "eager":  # forward() registers the same reconstruction loss with add_loss
+        _, _, recon = layer.forward_with_reconstruction(x, training=True)
+        layer.forward(x, training=True)
+        assert (recon is None and not layer.losses) or np.isclose(float(recon),
+                                                                  float(sum(layer.losses)))
     for w, g in zip(layer.trainable_weights, grads):
         assert g is not None, f"{w.path} gets no gradient"
         g = tf.convert_to_tensor(g).numpy()
@@ -189,12 +230,13 @@ def test_config_and_keras_file_round_trip(case, tmp_path):
     np.testing.assert_allclose(log_det3, log_det, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_batch_size_independence(case):
+def test_batch_size_independence(case, mode):
     layer = _built(case)
-    x = _inputs(case, 7, seed=5)
-    z, log_det = layer.forward(x, exact=True)
-    z1, log_det1 = layer.forward(x[:1], exact=True)
+    x = tf.constant(_inputs(case, 7, seed=5))
+    z, log_det, z1, log_det1 = _in_mode(mode, case, layer, lambda: (
+        *layer.forward(x, exact=True), *layer.forward(x[:1], exact=True)))
     np.testing.assert_allclose(z1, z[:1], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(log_det1, log_det[:1], rtol=1e-10, atol=1e-10)
 
@@ -219,11 +261,10 @@ def test_bad_input_raises_value_error(case):
         with pytest.raises(L.NonFiniteError, match="1 non-finite value"):
             layer.forward(poisoned)
     z, _ = layer.forward(x)
-    extra = case.inverse_kwargs(layer, x) if case.inverse_kwargs else {}
     poisoned = np.array(z)
     poisoned[0].flat[-1] = np.nan
     with pytest.raises(L.NonFiniteError, match="in z"):
-        layer.inverse(poisoned, exact=True, **extra)
+        layer.inverse(poisoned, exact=True)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "mixed_float16", "mixed_bfloat16"])
@@ -240,3 +281,12 @@ def test_every_flow_layer_is_in_the_table():
                 and getattr(L, name) is not L.FlowLayer}
     covered = {type(case.make()).__name__ for case in CASES}
     assert exported <= covered, f"flow layers missing from the table: {sorted(exported - covered)}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_keras_jit_flag_follows_the_xla_capability(case):
+    """Keras's ``jit_compile="auto"`` reads ``supports_jit``: exact-gradient layers (slogdet)
+    must turn XLA off for the model that contains them, on every platform."""
+    layer = case.make()
+    assert layer.supports_jit is layer.supports_xla
+    assert layer.supports_xla is not case.name.endswith("-exact")

@@ -106,8 +106,8 @@ def test_config_and_keras_file_round_trip(name, make, shape, sample, tmp_path):
 def test_batch_size_independence(name, make, shape, sample):
     layer = make()
     x = _inputs(sample, shape, 7, seed=5)
-    z, log_det = layer.forward(x, add_noise=False) if name.startswith("Deq") else layer.forward(x)
-    z1, log_det1 = (layer.forward(x[:1], add_noise=False) if name.startswith("Deq")
+    z, log_det = layer.forward(x, noise=False) if name.startswith("Deq") else layer.forward(x)
+    z1, log_det1 = (layer.forward(x[:1], noise=False) if name.startswith("Deq")
                     else layer.forward(x[:1]))
     np.testing.assert_allclose(z1, z[:1], rtol=1e-14)
     np.testing.assert_allclose(log_det1, log_det[:1], rtol=1e-14)
@@ -152,8 +152,8 @@ def test_dequantize_adds_noise_only_when_training_or_asked():
     layer = Dequantize(seed=1, dtype="float64")
     np.testing.assert_array_equal(layer.forward(x)[0], x)
     np.testing.assert_array_equal(layer(x), x)                       # Keras call, inference
-    np.testing.assert_array_equal(layer.forward(x, training=True, add_noise=False)[0], x)
-    for z in (layer.forward(x, training=True)[0], layer.forward(x, add_noise=True)[0],
+    np.testing.assert_array_equal(layer.forward(x, training=True, noise=False)[0], x)
+    for z in (layer.forward(x, training=True)[0], layer.forward(x, noise=True)[0],
               layer(x, training=True), Dequantize(always=True).forward(x)[0]):
         u = np.asarray(z) - x
         assert np.all(u >= 0) and np.all(u < 1) and u.std() > 0.2  # U[0, 1)

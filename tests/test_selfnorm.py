@@ -556,7 +556,7 @@ def test_bad_input_raises_a_clear_value_error(name, action, message):
         action()
 
 
-# -- initialisation (reference code, PAPER.md §6) -----------------------------------------------
+# -- initialisation (reference code, docs/paper.md: layer details) -----------------------------------------------
 def test_paper_initialisation():
     dense = _built(SelfNormDense(), (None, 784))
     np.testing.assert_array_equal(dense.kernel.numpy(), np.eye(784))

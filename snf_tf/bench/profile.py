@@ -154,17 +154,13 @@ def _layer_runners(model, x, jit):
         def evaluate(inputs, layer=layer):
             return layer.forward(inputs, exact=True)
 
-        train_fn = tf.function(train, jit_compile=jit and _supports_jit(layer))
-        eval_fn = tf.function(evaluate, jit_compile=jit and _supports_jit(layer))
+        train_fn = tf.function(train, jit_compile=jit and layer.supports_xla)
+        eval_fn = tf.function(evaluate, jit_compile=jit and layer.supports_xla)
         runners.append((layer, (lambda f=train_fn, v=x_train: f(v)),
                         (lambda f=eval_fn, v=x_eval: f(v)), x_train))
         h_train = layer.forward(h_train, training=True)[0]
         h_eval = layer.forward(h_eval, exact=True)[0]
     return runners
-
-
-def _supports_jit(layer):
-    return getattr(layer, "supports_jit", True)
 
 
 def _resolve_jit(setting):

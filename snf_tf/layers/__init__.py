@@ -3,6 +3,7 @@
 from snf_tf.layers.activations import LearnableLeakyReLU, SmoothLeakyReLU, SplineActivation
 from snf_tf.layers.base import FlowLayer, NonFiniteError
 from snf_tf.layers.convexp import ConvExponential
+from snf_tf.layers.coupling import RealNVPCoupling
 from snf_tf.layers.emerging import EmergingConv2D
 from snf_tf.layers.glow import ActNorm, AffineCoupling, Conv1x1, SplitPrior
 from snf_tf.layers.preprocess import Dequantize, Logit, Normalize
@@ -22,6 +23,7 @@ __all__ = [
     "Logit",
     "NonFiniteError",
     "Normalize",
+    "RealNVPCoupling",
     "Reshape",
     "SelfNormConv2D",
     "SelfNormDense",

@@ -1,6 +1,6 @@
 """Invertible elementwise activations: smooth leaky ReLU, learnable leaky ReLU, spline.
 
-Keller et al., ICML 2021 (PAPER.md §4 and §6): the FC models put ``SmoothLeakyReLU(α=0.3)`` between
+Keller et al., ICML 2021 (``docs/paper.md``): the FC models put ``SmoothLeakyReLU(α=0.3)`` between
 dense layers, the conv models a per-element rational-quadratic ``SplineActivation`` after every
 conv but the last. Elementwise maps have a diagonal Jacobian: ``log|det| = Σ_i log f′(x_i)``.
 """
@@ -12,23 +12,17 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from snf_tf.layers.base import FixedShapeFlowLayer, sum_per_example
+from snf_tf.layers.base import FlowLayer, check_positive_int, sum_per_example
 from snf_tf.ops import spline as spline_ops
 
 __all__ = ["SmoothLeakyReLU", "LearnableLeakyReLU", "SplineActivation"]
 
 
-def _positive_int(value, what, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}.")
-    return int(value)
-
-
 @keras.saving.register_keras_serializable(package="snf_tf")
-class SmoothLeakyReLU(FixedShapeFlowLayer):
+class SmoothLeakyReLU(FlowLayer):
     r"""Smooth leaky ReLU ``f(x) = αx + (1 − α)·softplus(x)``, inverse by Newton's method.
 
-    Keller et al., ICML 2021 (PAPER.md §6; reference ``SmoothLeakyRelu``, α = 0.3 in the FC
+    Keller et al., ICML 2021 (``docs/paper.md``; reference ``SmoothLeakyRelu``, α = 0.3 in the FC
     experiments). Strictly increasing with ``f′(x) = α + (1 − α)σ(x) ∈ (α, 1)``:
 
     .. math::
@@ -59,7 +53,7 @@ class SmoothLeakyReLU(FixedShapeFlowLayer):
             )
         self.alpha = alpha
         self.inverse_tolerance = tolerance
-        self.inverse_max_iterations = _positive_int(
+        self.inverse_max_iterations = check_positive_int(
             inverse_max_iterations, "inverse_max_iterations", "SmoothLeakyReLU")
 
     def _activation(self, x):
@@ -68,9 +62,8 @@ class SmoothLeakyReLU(FixedShapeFlowLayer):
     def _derivative(self, x):
         return self.alpha + (1.0 - self.alpha) * tf.math.sigmoid(x)
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``(f(x), Σ log f′(x))``."""
-        x = self._check_input(x)
         return self._activation(x), sum_per_example(tf.math.log(self._derivative(x)))
 
     def _newton_inverse(self, y):
@@ -89,9 +82,8 @@ class SmoothLeakyReLU(FixedShapeFlowLayer):
         steps, x, change = tf.while_loop(not_done, step, start)
         return x, steps, change
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``f⁻¹(z)`` by Newton's method (converged to ``inverse_tolerance``)."""
-        z = self._check_input(z, "z")
         return self._newton_inverse(z)[0]
 
     def get_config(self):
@@ -102,7 +94,7 @@ class SmoothLeakyReLU(FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class LearnableLeakyReLU(FixedShapeFlowLayer):
+class LearnableLeakyReLU(FlowLayer):
     r"""Leaky ReLU with one learnable slope per layer, ``f(x) = x`` (x ≥ 0), ``α·x`` (x < 0).
 
     Reference ``LearnableLeakyRelu`` (Keller et al., ICML 2021 code): the slope is parametrised as
@@ -141,18 +133,16 @@ class LearnableLeakyReLU(FixedShapeFlowLayer):
         """The current slope ``0.5 + sigmoid(alpha_logit)`` (a tensor)."""
         return 0.5 + tf.math.sigmoid(tf.convert_to_tensor(self.alpha_logit))
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``(where(x < 0, αx, x), log α · #negatives)``."""
-        x = self._check_input(x)
         alpha = tf.cast(self.alpha, x.dtype)
         negative = x < 0
         z = tf.where(negative, alpha * x, x)
         count = sum_per_example(tf.cast(negative, x.dtype))
         return z, count * tf.math.log(alpha)
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``where(z < 0, z/α, z)``."""
-        z = self._check_input(z, "z")
         return tf.where(z < 0, z / tf.cast(self.alpha, z.dtype), z)
 
     def get_config(self):
@@ -162,10 +152,10 @@ class LearnableLeakyReLU(FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class SplineActivation(FixedShapeFlowLayer):
+class SplineActivation(FlowLayer):
     r"""Elementwise rational-quadratic spline with its own parameters for every input element.
 
-    Keller et al., ICML 2021 (PAPER.md §6; reference ``SplineActivation(individual_weights=True)``
+    Keller et al., ICML 2021 (``docs/paper.md``; reference ``SplineActivation(individual_weights=True)``
     with Durkan et al.'s ``unconstrained_rational_quadratic_spline``, linear tails). On
     ``[−B, B]`` (``tail_bound`` B = 10) a monotone spline with K = 5 bins, the identity outside.
     Per element, from unconstrained ``u_w, u_h ∈ ℝ^K`` and ``u_d ∈ ℝ^{K−1}``:
@@ -196,12 +186,12 @@ class SplineActivation(FixedShapeFlowLayer):
         min_bin_width, min_bin_height, min_derivative: the minimums (reference 1e-3).
     """
 
-    _needs_known_shape = True
+    needs_known_shape = True
 
     def __init__(self, num_bins=5, tail_bound=10.0, min_bin_width=1e-3, min_bin_height=1e-3,
                  min_derivative=1e-3, **kwargs):
         super().__init__(**kwargs)
-        self.num_bins = _positive_int(num_bins, "num_bins", "SplineActivation")
+        self.num_bins = check_positive_int(num_bins, "num_bins", "SplineActivation")
         self.tail_bound = float(tail_bound)
         if not (math.isfinite(self.tail_bound) and self.tail_bound > 0):
             raise ValueError(f"SplineActivation: tail_bound must be positive, got {tail_bound!r}.")
@@ -253,15 +243,13 @@ class SplineActivation(FixedShapeFlowLayer):
             *self._weights(dtype), self.tail_bound, self.min_bin_width, self.min_bin_height,
             self.min_derivative)
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``(s(x), Σ log s′(x))``; identity with log-derivative 0 outside ``[−B, B]``."""
-        x = self._check_input(x)
         knots_x, _, table = self._table(x.dtype)
         return spline_ops.rational_quadratic_spline(x, knots_x, table, self.num_bins)
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``s⁻¹(z)`` (closed form: root of the per-bin quadratic)."""
-        z = self._check_input(z, "z")
         _, knots_y, table = self._table(z.dtype)
         return spline_ops.rational_quadratic_spline_inverse(z, knots_y, table, self.num_bins)
 

@@ -1,4 +1,4 @@
-"""The flow-layer protocol shared by every layer of snf_tf (DESIGN.md §3)."""
+"""The flow-layer protocol shared by every layer of snf_tf (``docs/design.md``)."""
 
 import warnings
 
@@ -6,9 +6,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["FixedShapeFlowLayer", "FlowLayer", "NonFiniteError", "check_batch_values",
-           "check_event_shape", "check_float_policy", "in_xla_context", "sum_per_example",
-           "warn_if_singular"]
+__all__ = ["FlowLayer", "NonFiniteError", "check_batch_values", "check_event_shape",
+           "check_float_policy", "check_positive_int", "draw", "in_xla_context", "orthogonal_1x1_init",
+           "sum_per_example", "warn_if_singular"]
+
+_NHWC = "NHWC: [batch, height, width, channels]"
+
+#: what the public methods accept as data: a tensor, an array, nested lists
+Tensor = tf.Tensor | np.ndarray | list
+#: a seed by the package's one scheme (:func:`draw`)
+Seed = int | tuple[int, int] | tf.Tensor | keras.random.SeedGenerator | None
 
 #: dtypes flow layers compute in: log-dets (slogdet, QR, sums of logs over D terms) and exact
 #: inverses lose too much in half precision, and TF has no float16/bfloat16 slogdet kernel.
@@ -38,48 +45,196 @@ def _outside_keras_call():
 
 
 class FlowLayer(keras.layers.Layer):
-    """Base of all flow layers: an invertible map with a log-det, usable as a plain Keras layer.
+    r"""An invertible map ``z = f(x)`` with its log-det, usable as a plain Keras layer.
 
-    Subclasses implement ``forward(x, exact=False, training=False) -> (z, log_det)`` with
-    ``log_det`` of shape ``[batch]`` in nats, ``inverse(z, exact=False) -> x`` and, where the layer
-    learns its inverse, ``reconstruction_loss(x)``. ``call(x)`` returns ``forward(x)[0]``.
+    The one protocol every flow layer of snf_tf follows (``docs/design.md``). The public methods
+    below are final: they check their arguments once (build, rank, shape, dtype, finite values)
+    and call the subclass hooks, so a layer implements only its math.
+
+    ==================================================  =============================================
+    public (do not override)                            hook a subclass implements
+    ==================================================  =============================================
+    ``build(input_shape)``                              ``_build_for_shape(event_shape)``
+    ``forward(x, exact, training, noise, seed)``        ``_forward(x, exact, training) -> (z, log_det)``
+    → ``(z, log_det [batch])``
+    ``forward_with_reconstruction(...)``                ``_forward_with_reconstruction`` (learned
+    → ``(z, log_det, λ·reconstruction or None)``        inverses only)
+    ``inverse(z, exact, temperature, seed)`` → ``x``    ``_inverse(z, exact) -> x``
+    ``exact_log_abs_det(event_shape=None)``             (``constant_jacobian`` layers)
+    ==================================================  =============================================
+
+    ``log_det`` is ``log|det ∂z/∂x|`` in nats per example (a scalar from ``_forward`` is broadcast
+    to ``[batch]``). ``exact=False`` is the cheap training path (SNF layers: value 0 with the
+    self-normalized gradient); ``exact=True`` the true value. Only layers that declare
+    ``draws_on_forward`` receive ``noise`` and ``seed`` in ``_forward``; only layers that declare
+    ``samples_on_inverse`` receive ``temperature`` and ``seed`` in ``_inverse``. Seeds follow one
+    scheme everywhere (:func:`draw`): ``None`` (the layer's own ``SeedGenerator``), an int, or a
+    stateless pair ``(seed, k)``.
+
+    Capabilities are class attributes (a subclass overrides the ones that differ); callers read
+    them directly, never probe with ``getattr``.
     """
 
-    #: rank of the inputs the layer accepts (batch axis included)
-    input_rank = None
+    #: rank of the inputs (batch axis included); None = any rank ≥ 2
+    input_rank: int | None = None
+    #: every per-example dim must be known at build time (weights or log-det depend on it)
+    needs_known_shape: bool = False
+    #: weights depend on the channel count only: H×W stay free (NHWC)
+    channels_only: bool = False
+    #: the log-det does not depend on x (linear maps, permutations, affine maps)
+    constant_jacobian: bool = False
+    #: the inverse is a learned map trained by a reconstruction loss (SNF layers)
+    learns_inverse: bool = False
+    #: training adds a λ-weighted reconstruction loss (``reconstruction_weight``,
+    #: ``last_reconstruction_error``; what the GECO callback adapts)
+    uses_reconstruction: bool = False
+    #: drops dimensions in ``forward``; ``inverse`` samples them (``temperature``, ``seed``)
+    samples_on_inverse: bool = False
+    #: ``forward`` may add noise (``noise``, ``seed``): dequantization
+    draws_on_forward: bool = False
+    #: ``z`` has the per-example shape of ``x`` (False: reshapes, squeezes, splits)
+    preserves_shape: bool = True
+    #: integer inputs are data (cast to the compute dtype), not a mistake
+    accepts_integers: bool = False
+    #: the training step can compile with XLA (no ``slogdet``/LU inside)
+    supports_xla: bool = True
+    #: keeps a cached exact log-det (``refresh_log_det``, ``frozen_log_det``)
+    has_log_det_cache: bool = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         check_float_policy(self)
+        self.event_shape = None
 
-    def call(self, inputs, training=None):
-        return self.forward(inputs, training=bool(training))[0]
+    # -- build ---------------------------------------------------------------------------------
+    def build(self, input_shape: tuple) -> None:
+        """Record the per-example shape (``event_shape``) and create the weights for it."""
+        self._build_for_shape(self._record_event_shape(input_shape))
+        self.built = True
+
+    def _build_for_shape(self, event_shape: tuple) -> None:
+        """Hook: create weights and validate sizes for the per-example shape."""
+
+    def _record_event_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"{self.name}: inputs need a batch axis and at least one feature axis "
+                f"(rank >= 2), got shape {input_shape}.")
+        if self.input_rank is not None and len(input_shape) != self.input_rank:
+            raise ValueError(
+                f"{self.name}: inputs must have rank {self.input_rank} "
+                f"({self._layout_description()}), got shape {input_shape}.")
+        if self.needs_known_shape and any(d is None for d in input_shape[1:]):
+            raise ValueError(
+                f"{self.name}: {type(self).__name__} needs a fully known per-example shape "
+                f"({self._layout_description()}), got {input_shape}.")
+        shape = tuple(None if d is None else int(d) for d in input_shape[1:])
+        if self.channels_only:
+            if shape[-1] is None:
+                raise ValueError(
+                    f"{self.name}: {type(self).__name__} needs {_NHWC} inputs with a known "
+                    f"channel count, got shape {input_shape}.")
+            shape = (None,) * (len(shape) - 1) + shape[-1:]
+        self.event_shape = shape
+        return shape
+
+    def _build_from_latent(self, z_shape):
+        """Hook for ``inverse`` before ``forward``: build from the shape of ``z``."""
+        if self.preserves_shape:
+            self.build(z_shape)
+            return
+        raise ValueError(
+            f"{self.name}: {type(self).__name__} does not know the data shape to restore yet; "
+            "call forward() or build(input_shape) before inverse().")
+
+    @property
+    def supports_jit(self):
+        """What Keras's ``jit_compile="auto"`` reads: the ``supports_xla`` capability."""
+        return self.supports_xla
+
+    @supports_jit.setter
+    def supports_jit(self, value):
+        """``keras.layers.Layer.__init__`` sets it; the capability decides instead."""
+
+    @property
+    def channels(self):
+        """C of an NHWC layer (the last per-example dim)."""
+        return None if self.event_shape is None else self.event_shape[-1]
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def forward(self, x, exact=False, training=False):
-        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+    # -- the protocol ---------------------------------------------------------------------------
+    def call(self, inputs, training=None):
+        return self.forward(inputs, training=bool(training))[0]
 
-    def forward_with_reconstruction(self, x, exact=False, training=False):
-        """``(z, log_det, reconstruction loss or None)``; layers without a learned inverse give None."""
-        z, log_det = self.forward(x, exact=exact, training=training)
+    def forward(self, x: Tensor, exact: bool = False, training: bool = False,
+                noise: bool | None = None, seed: Seed = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(z, log|det ∂z/∂x|)`` per example. With ``training=True`` a learned inverse's
+        reconstruction loss is registered with ``add_loss`` (``forward_with_reconstruction``
+        returns it instead)."""
+        z, log_det, recon = self.forward_with_reconstruction(x, exact, training, noise, seed)
+        if recon is not None:
+            self._register_reconstruction(recon)
+        return z, log_det
+
+    def forward_with_reconstruction(
+            self, x: Tensor, exact: bool = False, training: bool = False,
+            noise: bool | None = None, seed: Seed = None,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """``(z, log_det, recon)``: ``forward`` plus this batch's λ-weighted reconstruction loss
+        (``None`` for layers without a learned inverse, or when not training), returned rather
+        than ``add_loss``-ed: ``add_loss`` lists are shared by the replicas of a
+        ``tf.distribute`` strategy, a return value is not (``FlowModel`` uses this path)."""
+        x = self._check_input(x, "x")
+        extra = {"noise": noise, "seed": seed} if self.draws_on_forward else {}
+        z, log_det, recon = self._forward_with_reconstruction(
+            x, exact=bool(exact), training=bool(training), **extra)
+        return z, tf.broadcast_to(log_det, tf.shape(x)[:1]), recon
+
+    def _forward_with_reconstruction(self, x, exact, training, **extra):
+        z, log_det = self._forward(x, exact=exact, training=training, **extra)
         return z, log_det, None
 
-    def inverse(self, z, exact=False):
-        raise NotImplementedError(f"{type(self).__name__} must implement inverse()")
+    def _forward(self, x, exact, training):
+        raise NotImplementedError(f"{type(self).__name__} must implement _forward()")
 
-    def reconstruction_loss(self, x):
+    def inverse(self, z: Tensor, exact: bool = False, temperature: float = 1.0,
+                seed: Seed = None) -> tf.Tensor:
+        """``x = f⁻¹(z)``: exact, or through the learned inverse where the layer has one and
+        ``exact`` is False. Layers that dropped dimensions sample them from N(0, T²) with
+        ``seed`` (see :func:`draw`)."""
+        if not tf.is_tensor(z):
+            z = tf.convert_to_tensor(z)
+        if not self.built and z.shape.rank is not None:
+            self._build_from_latent(tuple(z.shape))
+        z = self._check_input(z, "z")
+        if self.samples_on_inverse:
+            return self._inverse(z, exact=bool(exact), temperature=temperature, seed=seed)
+        return self._inverse(z, exact=bool(exact))
+
+    def _inverse(self, z, exact):
+        raise NotImplementedError(f"{type(self).__name__} must implement _inverse()")
+
+    def reconstruction_loss(self, x: Tensor) -> tf.Tensor:
         """λ-weighted reconstruction loss of the learned inverse; 0 for exactly invertible layers."""
         return tf.zeros([], dtype=self.compute_dtype)
 
-    def as_bijector(self, exact=False, **kwargs):
-        """A ``tfb.Bijector`` view of this (built) layer: :class:`snf_tf.bijectors.FlowBijector`.
+    def exact_log_abs_det(self, event_shape: tuple | None = None) -> tf.Tensor:
+        """``log|det ∂z/∂x|`` of one example of per-example shape ``event_shape`` (default: the
+        built one), for ``constant_jacobian`` layers; others depend on x (``forward(x,
+        exact=True)``)."""
+        raise TypeError(f"{self.name}: the log-det of {type(self).__name__} depends on the input; "
+                        "use forward(x, exact=True).")
 
-        Forward = generative (z → x, learned inverse unless exact), inverse = normalizing."""
-        from snf_tf.bijectors import FlowBijector  # bijectors is a higher floor than layers
-
-        return FlowBijector(self, exact=exact, **kwargs)
+    def _spatial_size(self, event_shape=None):
+        """H·W (a Python number) of ``event_shape`` or the built shape; ``ValueError`` if free."""
+        shape = self.event_shape if event_shape is None else tuple(event_shape)
+        if shape is None or len(shape) != 3 or None in shape[:2]:
+            raise ValueError(f"{self.name}: give event_shape=(H, W, C): the log-det of "
+                             f"{type(self).__name__} depends on H×W, got {shape}.")
+        return float(shape[0] * shape[1])
 
     # -- saving --------------------------------------------------------------------------------
     # Keras saves variables but not the state of a layer's SeedGenerators (Dequantize noise,
@@ -92,44 +247,69 @@ class FlowLayer(keras.layers.Layer):
     def load_own_variables(self, store):
         keys = list(store.keys())
         seeds = sorted(k for k in keys if str(k).startswith("seed_generator_"))
-        super().load_own_variables({k: store[k] for k in keys if k not in seeds})
+        self._load_variables({k: store[k] for k in keys if k not in seeds})
         for key, generator in zip(seeds, self._seed_generators):
             generator.state.assign(store[key])
 
-    # -- helpers -----------------------------------------------------------------------------
+    def _load_variables(self, store):
+        """Hook: map the variables of files written by earlier versions (see SelfNorm layers)."""
+        super().load_own_variables(store)
+
+    # -- argument checks ----------------------------------------------------------------------------
     def _check_input(self, x, name="x"):
-        """Convert ``x`` to a tensor of the layer's dtype, with a clear error for bad input."""
+        """``x`` (or ``z``) as a tensor of the layer's dtype, with a clear error for bad input."""
         if not tf.is_tensor(x):
             x = tf.convert_to_tensor(x)
+        if x.dtype.is_integer and self.accepts_integers:
+            x = tf.cast(x, self.compute_dtype)
         if not x.dtype.is_floating:
+            accepted = "a floating-point or integer" if self.accepts_integers else \
+                "a floating-point"
+            hint = "" if self.accepts_integers else \
+                " Cast integer images to float (e.g. with a Dequantize layer) first."
             raise ValueError(
-                f"{self.name}: {name} must be a floating-point tensor, got dtype {x.dtype.name}. "
-                "Cast integer images to float (e.g. with a Dequantize layer) first."
-            )
+                f"{self.name}: {name} must be {accepted} tensor, got dtype {x.dtype.name}.{hint}")
         rank = x.shape.rank
         if self.input_rank is not None and rank != self.input_rank:
             raise ValueError(
                 f"{self.name}: {name} must have rank {self.input_rank} "
-                f"({self._layout_description()}), got shape {x.shape}."
-            )
+                f"({self._layout_description()}), got shape {x.shape}.")
         if not self.built:
             self.build(tuple(x.shape))
-        self._check_shape(x.shape, name)
+        check_event_shape(self, x.shape, name, self._expected_shape(name))
         check_batch_values(x, self.name, name)
         return tf.cast(x, self.compute_dtype)
 
-    def _layout_description(self):
-        return {2: "[batch, D]", 4: "NHWC: [batch, height, width, channels]"}.get(
-            self.input_rank, "batch first")
+    def _expected_shape(self, name):
+        """Per-example shape that ``name`` ("x" or "z") must have."""
+        if name == "x" or self.preserves_shape:
+            return self.event_shape
+        return tuple(self.compute_output_shape((None,) + self.event_shape))[1:]
 
-    def _check_shape(self, shape, name):
-        """Hook: raise ``ValueError`` if ``shape`` does not match the built layer."""
+    def _layout_description(self):
+        return {2: "[batch, D]", 4: _NHWC}.get(self.input_rank, "batch first")
 
     def _register_reconstruction(self, loss):
         """``add_loss`` that does not pile up when ``forward`` is used outside a Keras call."""
         if _outside_keras_call():
             self._clear_losses()
         self.add_loss(loss)
+
+
+def draw(distribution, shape, dtype, seed, generator, **parameters):
+    """One random tensor by the package's seed scheme: ``seed`` None → the layer's own
+    ``SeedGenerator`` (``generator``); an int or a ``SeedGenerator`` → ``keras.random``; a pair
+    ``(seed, k)`` (tuple, list or int tensor of shape [2]) → the stateless TF op (what
+    ``FlowModel`` passes: the k-th random layer of a call gets ``(seed, k)``).
+
+    ``distribution`` is "normal" (``stddev``) or "uniform" (``minval``, ``maxval``)."""
+    if seed is None or isinstance(seed, (int, np.integer, keras.random.SeedGenerator)):
+        function = getattr(keras.random, distribution)
+        return function(shape, dtype=dtype, seed=generator if seed is None else seed, **parameters)
+    pair = tf.cast(seed, tf.int32)
+    function = {"normal": tf.random.stateless_normal,
+                "uniform": tf.random.stateless_uniform}[distribution]
+    return function(shape, seed=pair, dtype=dtype, **parameters)
 
 
 def sum_per_example(values):
@@ -218,46 +398,17 @@ def check_event_shape(layer, shape, name, expected):
     )
 
 
-class FixedShapeFlowLayer(FlowLayer):
-    """A flow layer fixed at build time to one per-example shape, ``event_shape``.
 
-    ``build`` records it (``None`` for dims left free) and calls ``_build_for_shape``; later inputs
-    must have the same rank and the same known dims, so a mis-assembled model fails with a clear
-    ``ValueError`` instead of a shape error deep inside TensorFlow.
-    """
 
-    #: whether every per-example dim must be known at build time
-    _needs_known_shape = False
+def check_positive_int(value, what, owner):
+    """``int(value)``, or ``ValueError`` unless ``value`` is a positive int (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}.")
+    return int(value)
 
-    def build(self, input_shape):
-        self._build_for_shape(self._record_event_shape(input_shape))
 
-    def _record_event_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) < 2:
-            raise ValueError(
-                f"{self.name}: inputs need a batch axis and at least one feature axis "
-                f"(rank >= 2), got shape {input_shape}."
-            )
-        if self.input_rank is not None and len(input_shape) != self.input_rank:
-            raise ValueError(
-                f"{self.name}: inputs must have rank {self.input_rank} "
-                f"({self._layout_description()}), got shape {input_shape}."
-            )
-        if self._needs_known_shape and any(d is None for d in input_shape[1:]):
-            raise ValueError(
-                f"{self.name}: {type(self).__name__} needs a fully known per-example shape "
-                f"({self._layout_description()}), got {input_shape}."
-            )
-        self.event_shape = tuple(None if d is None else int(d) for d in input_shape[1:])
-        return self.event_shape
-
-    def _build_for_shape(self, event_shape):
-        """Hook: create weights / validate sizes for the per-example shape."""
-
-    def _expected_shape(self, name):
-        """Per-example shape that ``name`` ("x" or "z") must have."""
-        return self.event_shape
-
-    def _check_shape(self, shape, name):
-        check_event_shape(self, shape, name, self._expected_shape(name))
+def orthogonal_1x1_init(shape, dtype=None):
+    """A random orthogonal C×C matrix (Q of a QR decomposition) as a [1, 1, C, C] HWIO kernel:
+    the reference's init of every exact and SNF 1×1 conv."""
+    matrix = keras.initializers.Orthogonal()((shape[2], shape[3]), dtype=dtype)
+    return tf.reshape(matrix, shape)

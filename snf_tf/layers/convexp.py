@@ -2,7 +2,7 @@ r"""The convolution exponential: ``z = exp(M) x`` for a 3×3 conv ``M``, by its 
 
 Hoogeboom, Peters, van den Berg, Welling, *The Convolution Exponential and Generalized Sylvester
 Flows*, NeurIPS 2020; the baseline ``ConvExp(C, H, W)`` of Keller et al., *Self Normalizing
-Flows*, ICML 2021 (PAPER.md §4, §6).
+Flows*, ICML 2021 (docs/paper.md: experiments, layer details).
 """
 
 import math
@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import warn_if_singular
-from snf_tf.layers.emerging import _ExactConv1x1, _ImageFlowLayer
+from snf_tf.layers.base import FlowLayer, check_positive_int, warn_if_singular
+from snf_tf.layers.glow import Conv1x1
 from snf_tf.ops.selfnorm import flip_kernel
 
 __all__ = ["ConvExponential"]
@@ -32,13 +32,11 @@ def _conv_exp_series(x, kernel, terms):
 
 
 def _check_terms(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"ConvExponential: {name} must be a positive int, got {value!r}.")
-    return int(value)
+    return check_positive_int(value, name, "ConvExponential")
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class ConvExponential(_ImageFlowLayer):
+class ConvExponential(FlowLayer):
     r"""Convolution exponential with an exact 1×1 conv in front and full-shape biases.
 
     Hoogeboom et al., *The Convolution Exponential*, NeurIPS 2020, as used for the
@@ -80,6 +78,10 @@ class ConvExponential(_ImageFlowLayer):
     reference switches to 64 Householder reflections for C > 64; here it is always exact).
     """
 
+    input_rank = 4
+    needs_known_shape = True
+    constant_jacobian = True
+
     def __init__(self, train_terms=6, eval_terms=13, spectral_coeff=0.9, **kwargs):
         super().__init__(**kwargs)
         self.train_terms = _check_terms("train_terms", train_terms)
@@ -90,17 +92,17 @@ class ConvExponential(_ImageFlowLayer):
                 f"ConvExponential: spectral_coeff must be finite and > 0, got {spectral_coeff!r}."
             )
         self.spectral_coeff = coeff
-        self.conv1x1 = _ExactConv1x1(name="conv1x1", dtype=self.dtype_policy)
+        self.conv1x1 = Conv1x1(name="conv1x1", dtype=self.dtype_policy)
 
-    def build(self, input_shape):
-        height, width, channels = self._set_spatial_shape(input_shape)
+    def _build_for_shape(self, event_shape):
+        channels = event_shape[-1]
         shape = (3, 3, channels, channels)
         self.kernel = self.add_weight(
             name="kernel", shape=shape,
             initializer=keras.initializers.RandomNormal(stddev=1.0 / (9 * channels)))
-        self.pre_bias = self.add_weight(name="pre_bias", shape=self.spatial_shape,
+        self.pre_bias = self.add_weight(name="pre_bias", shape=self.event_shape,
                                         initializer="zeros")
-        self.post_bias = self.add_weight(name="post_bias", shape=self.spatial_shape,
+        self.post_bias = self.add_weight(name="post_bias", shape=self.event_shape,
                                          initializer="zeros")
 
         def unit_normal(shape, dtype=None):
@@ -108,9 +110,9 @@ class ConvExponential(_ImageFlowLayer):
 
         # Replicas compute the same power iteration, so averaging them is exact.
         self.spectral_vector = self.add_weight(
-            name="spectral_vector", shape=self.spatial_shape, initializer=unit_normal,
+            name="spectral_vector", shape=self.event_shape, initializer=unit_normal,
             trainable=False, aggregation="mean")
-        self.conv1x1.build(input_shape)
+        self.conv1x1.build((None,) + event_shape)
 
     # -- spectral normalisation -----------------------------------------------------------------
     def _power_iteration(self, kernel):
@@ -141,28 +143,41 @@ class ConvExponential(_ImageFlowLayer):
         return kernel / (scale + 1e-5)
 
     # -- protocol --------------------------------------------------------------------------------
-    def log_abs_det(self, kernel):
+    def _log_abs_det(self, kernel):
         """``H·W·(tr K_centre + log|det W|)`` for the effective kernel ``kernel``."""
-        height, width, _ = self.spatial_shape
+        height, width, _ = self.event_shape
         trace = tf.linalg.trace(kernel[1, 1])
-        return warn_if_singular(self, height * width * trace + self.conv1x1.log_abs_det())
+        return warn_if_singular(self, height * width * trace + self.conv1x1.exact_log_abs_det(
+            self.event_shape))
 
-    def forward(self, x, exact=False, training=False):
+    def exact_log_abs_det(self, event_shape=None):
+        """``H·W·(tr K_centre + log|det W|)`` with the evaluation-mode effective kernel."""
+        if event_shape is not None and tuple(event_shape) != self.event_shape:
+            raise ValueError(f"{self.name}: built for per-example shape {self.event_shape}, "
+                             f"asked for {tuple(event_shape)}.")
+        return self._log_abs_det(self.effective_kernel(training=False))
+
+    def _forward(self, x, exact, training):
         """``z = f(x)`` and its exact ``log|det ∂z/∂x|`` (exact up to the series truncation;
         ``exact`` changes nothing). ``training=True``: ``train_terms`` terms and one power
         iteration of the spectral norm."""
-        x = self._check_input(x)
         kernel = self.effective_kernel(training=training)
         h, _ = self.conv1x1.forward(x + tf.convert_to_tensor(self.pre_bias))
         terms = self.train_terms if training else self.eval_terms
         z = _conv_exp_series(h, kernel, terms) + tf.convert_to_tensor(self.post_bias)
-        return z, tf.broadcast_to(self.log_abs_det(kernel), tf.shape(x)[:1])
+        return z, self._log_abs_det(kernel)
 
-    def inverse(self, z, exact=False, terms=None):
-        """``x = f⁻¹(z)``: ``exp(−M)`` by its series (``terms``, default ``eval_terms``), then
-        the inverse 1×1 conv and the biases. Uses the stored spectral vector (no update)."""
-        z = self._check_input(z, "z")
-        terms = self.eval_terms if terms is None else _check_terms("terms", terms)
+    def _inverse(self, z, exact):
+        """``x = f⁻¹(z)``: ``exp(−M)`` by its series (``eval_terms`` terms), then the inverse 1×1
+        conv and the biases. Uses the stored spectral vector (no update)."""
+        return self._series_inverse(z, self.eval_terms)
+
+    def series_inverse(self, z, terms):
+        """:meth:`inverse` with ``terms`` terms of the series for ``exp(−M)`` instead of
+        ``eval_terms`` (to study the truncation)."""
+        return self._series_inverse(self._check_input(z, "z"), _check_terms("terms", terms))
+
+    def _series_inverse(self, z, terms):
         kernel = self.effective_kernel(training=False)
         h = _conv_exp_series(z - tf.convert_to_tensor(self.post_bias), -kernel, terms)
         return self.conv1x1.inverse(h) - tf.convert_to_tensor(self.pre_bias)

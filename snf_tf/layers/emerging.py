@@ -2,67 +2,20 @@ r"""Emerging convolutions: a 1×1 conv and two masked autoregressive 2×2 convs 
 
 Hoogeboom, van den Berg, Welling, *Emerging Convolutions for Generative Normalizing Flows*,
 ICML 2019; the baseline ``Emerging(C)`` of Keller et al., *Self Normalizing Flows*, ICML 2021
-(PAPER.md §4, §6).
-
-Also home of two private building blocks shared with :mod:`snf_tf.layers.convexp`:
-``_ImageFlowLayer`` (NHWC shape checks) and ``_ExactConv1x1`` (the exact Glow 1×1 conv, to be
-replaced by ``glow.Conv1x1`` once that exists).
+(``docs/paper.md``).
 """
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, warn_if_singular
-from snf_tf.ops.linalg import log_abs_det_qr
+from snf_tf.layers.base import FlowLayer, warn_if_singular
+from snf_tf.layers.glow import Conv1x1
 
 __all__ = ["EmergingConv2D"]
 
 
-class _ImageFlowLayer(FixedShapeFlowLayer):
-    """NHWC flow layer fixed to one known H×W×C (its log-det depends on H·W); full precision."""
-
-    input_rank = 4
-    _needs_known_shape = True
-
-    def _set_spatial_shape(self, input_shape):
-        return self._record_event_shape(input_shape)
-
-    @property
-    def spatial_shape(self):
-        return self.event_shape
-
-
-class _ExactConv1x1(_ImageFlowLayer):
-    r"""Exact invertible 1×1 conv (Glow): ``z[h, w] = x[h, w] @ kernel``.
-
-    ``log|det| = H·W·log|det kernel|``; inverse with ``kernel⁻¹``. Init: random orthogonal
-    (QR of a Gaussian matrix, as the reference). Private helper of the Emerging and ConvExp
-    layers; ``glow.Conv1x1`` is the public layer.
-    """
-
-    def build(self, input_shape):
-        channels = self._set_spatial_shape(input_shape)[-1]
-        self.kernel = self.add_weight(name="kernel", shape=(channels, channels),
-                                      initializer=keras.initializers.Orthogonal())
-
-    def log_abs_det(self):
-        height, width, _ = self.spatial_shape
-        return height * width * log_abs_det_qr(tf.convert_to_tensor(self.kernel))
-
-    def forward(self, x, exact=False, training=False):
-        x = self._check_input(x)
-        kernel = tf.convert_to_tensor(self.kernel)
-        z = tf.nn.conv2d(x, kernel[None, None], strides=1, padding="VALID")
-        return z, tf.broadcast_to(self.log_abs_det(), tf.shape(x)[:1])
-
-    def inverse(self, z, exact=False):
-        z = self._check_input(z, "z")
-        inverse_kernel = tf.linalg.inv(tf.convert_to_tensor(self.kernel))
-        return tf.nn.conv2d(z, inverse_kernel[None, None], strides=1, padding="VALID")
-
-
-class _SquareARConv2D(_ImageFlowLayer):
+class _SquareARConv2D(FlowLayer):
     r"""Square autoregressive 2×2 conv: each output pixel sees the input pixels above/left of it.
 
     .. math::
@@ -75,8 +28,12 @@ class _SquareARConv2D(_ImageFlowLayer):
     ``log|det| = H·W·Σ_c log|K_{11}[c, c]|``.
     """
 
-    def build(self, input_shape):
-        channels = self._set_spatial_shape(input_shape)[-1]
+    input_rank = 4
+    needs_known_shape = True
+    constant_jacobian = True
+
+    def _build_for_shape(self, event_shape):
+        channels = event_shape[-1]
         mask = np.ones((2, 2, channels, channels))
         mask[1, 1] = np.triu(np.ones((channels, channels)))
         self._mask = mask
@@ -98,17 +55,14 @@ class _SquareARConv2D(_ImageFlowLayer):
         kernel = tf.convert_to_tensor(self.kernel)
         return kernel * tf.cast(self._mask, kernel.dtype)
 
-    def log_abs_det(self):
-        height, width, _ = self.spatial_shape
+    def exact_log_abs_det(self, event_shape=None):
         diagonal = tf.linalg.diag_part(tf.convert_to_tensor(self.kernel)[1, 1])
-        return height * width * tf.reduce_sum(tf.math.log(tf.abs(diagonal)))
+        return self._spatial_size(event_shape) * tf.reduce_sum(tf.math.log(tf.abs(diagonal)))
 
-    def forward(self, x, exact=False, training=False):
-        x = self._check_input(x)
+    def _forward(self, x, exact, training):
         padded = tf.pad(x, [[0, 0], [1, 0], [1, 0], [0, 0]])
         z = tf.nn.conv2d(padded, self.masked_kernel(), strides=1, padding="VALID")
-        z = z + tf.convert_to_tensor(self.bias)
-        return z, tf.broadcast_to(self.log_abs_det(), tf.shape(x)[:1])
+        return z + tf.convert_to_tensor(self.bias), self.exact_log_abs_det()
 
     def row_matrices(self):
         r"""``(A, B)`` with ``z_i − b = x_i A + x_{i−1} B`` for image rows flattened as ``j·C + c``.
@@ -116,7 +70,7 @@ class _SquareARConv2D(_ImageFlowLayer):
         ``A = I ⊗ K_{11} + S ⊗ K_{10}`` and ``B = I ⊗ K_{01} + S ⊗ K_{00}`` with ``S`` the
         W×W shift (``S[j, j+1] = 1``); ``A`` is upper triangular.
         """
-        _, width, channels = self.spatial_shape
+        _, width, channels = self.event_shape
         kernel = self.masked_kernel()
         eye = tf.eye(width, dtype=kernel.dtype)
         shift = tf.constant(np.eye(width, k=1), dtype=kernel.dtype)
@@ -128,7 +82,7 @@ class _SquareARConv2D(_ImageFlowLayer):
         return (kron(eye, kernel[1, 1]) + kron(shift, kernel[1, 0]),
                 kron(eye, kernel[0, 1]) + kron(shift, kernel[0, 0]))
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         r"""Exact inverse, one image row at a time (top to bottom).
 
         With ``z_i − b = x_i A + x_{i−1} B``: ``x_i = y_i − x_{i−1} M`` where ``y = (z − b) A⁻¹``
@@ -138,8 +92,7 @@ class _SquareARConv2D(_ImageFlowLayer):
         errors (for some kernels by many orders of magnitude — then the rounding of a float32
         ``z`` already limits the accuracy).
         """
-        z = self._check_input(z, "z")
-        height, width, channels = self.spatial_shape
+        height, width, channels = self.event_shape
         within, previous = (tf.cast(m, tf.float64) for m in self.row_matrices())
         eye = tf.eye(width * channels, dtype=tf.float64)
         within_inv = tf.linalg.triangular_solve(within, eye, lower=False)
@@ -171,7 +124,7 @@ def _flip(x):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class EmergingConv2D(_ImageFlowLayer):
+class EmergingConv2D(FlowLayer):
     r"""Emerging convolution: an invertible 3×3-receptive-field conv with a cheap exact log-det.
 
     Hoogeboom, van den Berg & Welling, *Emerging Convolutions for Generative Normalizing Flows*,
@@ -205,33 +158,35 @@ class EmergingConv2D(_ImageFlowLayer):
     diagonal of the current-pixel tap (its masked entries stored as 0); biases 0.
     """
 
+    input_rank = 4
+    needs_known_shape = True
+    constant_jacobian = True
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         sub = dict(dtype=self.dtype_policy)
-        self.conv1x1 = _ExactConv1x1(name="conv1x1", **sub)
+        self.conv1x1 = Conv1x1(name="conv1x1", **sub)
         self.ar_conv_1 = _SquareARConv2D(name="ar_conv_1", **sub)
         self.ar_conv_2 = _SquareARConv2D(name="ar_conv_2", **sub)
 
-    def build(self, input_shape):
-        self._set_spatial_shape(input_shape)
+    def _build_for_shape(self, event_shape):
         for layer in (self.conv1x1, self.ar_conv_1, self.ar_conv_2):
-            layer.build(input_shape)
+            layer.build((None,) + event_shape)
 
-    def log_abs_det(self):
+    def exact_log_abs_det(self, event_shape=None):
         """``log|det J|`` per example (independent of the input)."""
-        return warn_if_singular(self, self.conv1x1.log_abs_det() + self.ar_conv_1.log_abs_det()
-                                + self.ar_conv_2.log_abs_det())
+        shape = self.event_shape if event_shape is None else tuple(event_shape)
+        return warn_if_singular(self, sum(layer.exact_log_abs_det(shape) for layer in (
+            self.conv1x1, self.ar_conv_1, self.ar_conv_2)))
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``z = f(x)`` and its exact ``log|det ∂z/∂x|`` per example (``exact`` changes nothing)."""
-        x = self._check_input(x)
         h, _ = self.conv1x1.forward(x)
         h, _ = self.ar_conv_1.forward(h)
         h, _ = self.ar_conv_2.forward(_flip(h))
-        return _flip(h), tf.broadcast_to(self.log_abs_det(), tf.shape(x)[:1])
+        return _flip(h), self.exact_log_abs_det()
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """Exact ``x = f⁻¹(z)`` by sequential row solves (``exact`` changes nothing)."""
-        z = self._check_input(z, "z")
         h = _flip(self.ar_conv_2.inverse(_flip(z)))
         return self.conv1x1.inverse(self.ar_conv_1.inverse(h))

@@ -1,7 +1,7 @@
 """Glow building blocks: ActNorm, the exact invertible 1×1 convolution, affine coupling, split prior.
 
 Kingma & Dhariwal, *Glow*, NeurIPS 2018, as used by the Glow baselines and the SNF-Glow models of
-Keller et al., *Self Normalizing Flows*, ICML 2021, §5 (PAPER.md §4 and §6 give the exact reference
+Keller et al., *Self Normalizing Flows*, ICML 2021, §5 (docs/paper.md: experiments, layer details give the exact reference
 definitions reproduced here, quirks included). All layers are NHWC.
 """
 
@@ -11,43 +11,28 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, warn_if_singular
+from snf_tf.layers.base import (FlowLayer, check_positive_int, draw, orthogonal_1x1_init,
+                                warn_if_singular)
 from snf_tf.ops.linalg import log_abs_det_qr
 
 __all__ = ["ActNorm", "Conv1x1", "AffineCoupling", "SplitPrior"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_NHWC = "NHWC: [batch, height, width, channels]"
 
 
-def _check_positive_int(value, what, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}.")
-    return int(value)
-
-
-class _NHWCLayer(FixedShapeFlowLayer):
+class _NHWCLayer(FlowLayer):
     """NHWC flow layer whose weights depend on the channel count only (any H×W is accepted)."""
 
     input_rank = 4
+    channels_only = True
 
-    def _build_channels(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(
-                f"{self.name}: {type(self).__name__} needs {_NHWC} inputs with a known channel "
-                f"count, got shape {tuple(input_shape)}."
-            )
-        self.channels = int(input_shape[-1])
-        self.event_shape = (None, None, self.channels)  # H×W stay free
-        return self.channels
 
-    @staticmethod
-    def _spatial_size(x):
-        """H·W of ``x`` as a scalar of ``x``'s dtype (static when known)."""
-        if x.shape[1] is not None and x.shape[2] is not None:
-            return tf.constant(float(x.shape[1] * x.shape[2]), x.dtype)
-        shape = tf.shape(x)
-        return tf.cast(shape[1] * shape[2], x.dtype)
+def _spatial_size_of(x):
+    """H·W of ``x`` as a scalar of ``x``'s dtype (static when known)."""
+    if x.shape[1] is not None and x.shape[2] is not None:
+        return tf.constant(float(x.shape[1] * x.shape[2]), x.dtype)
+    shape = tf.shape(x)
+    return tf.cast(shape[1] * shape[2], x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +43,7 @@ class ActNorm(_NHWCLayer):
     .. math::
         y = (x - t)\,e^{-\log s},\qquad \log|\det ∂y/∂x| = -H·W·\textstyle\sum_c \log s_c .
 
-    Kingma & Dhariwal 2018, §3.1; reference ``snf/layers/actnorm.py`` (PAPER.md §6). Weights:
+    Kingma & Dhariwal 2018, §3.1; reference ``snf/layers/actnorm.py`` (docs/paper.md: layer details). Weights:
     ``bias`` = t and ``log_scale`` = log s, both [C], zero-initialised, and the non-trainable
     boolean ``initialized``, saved with the layer.
 
@@ -86,8 +71,10 @@ class ActNorm(_NHWCLayer):
         one eager training-mode forward, in cross-replica context).
     """
 
-    def build(self, input_shape):
-        channels = self._build_channels(input_shape)
+    constant_jacobian = True
+
+    def _build_for_shape(self, event_shape):
+        channels = event_shape[-1]
         # "only_first_replica": the data-dependent init writes these in replica context (see above).
         self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros",
                                     aggregation="only_first_replica")
@@ -142,21 +129,23 @@ class ActNorm(_NHWCLayer):
                 lambda: tf.constant(False), lambda: self.initialize(x))
 
     # -- protocol ------------------------------------------------------------------------------
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``y = (x − t)·e^{−log s}`` and ``−H·W·Σ log s`` per example (initialising first when
         ``training`` and not yet initialised). ``exact`` is ignored: the log-det is always exact."""
-        x = self._check_input(x)
         if training:
             self._maybe_initialize(x)
         bias = tf.convert_to_tensor(self.bias)
         log_scale = tf.convert_to_tensor(self.log_scale)
         z = (x - bias) * tf.exp(-log_scale)
-        log_det = -self._spatial_size(x) * tf.reduce_sum(log_scale)
-        return z, tf.broadcast_to(log_det, tf.shape(x)[:1])
+        return z, -_spatial_size_of(x) * tf.reduce_sum(log_scale)
 
-    def inverse(self, z, exact=False):
+    def exact_log_abs_det(self, event_shape=None):
+        """``−H·W·Σ log s`` for per-example shape ``event_shape`` = (H, W, C)."""
+        return -self._spatial_size(event_shape) * tf.reduce_sum(
+            tf.convert_to_tensor(self.log_scale))
+
+    def _inverse(self, z, exact):
         """``x = z·e^{log s} + t`` (exact)."""
-        z = self._check_input(z, "z")
         return z * tf.exp(tf.convert_to_tensor(self.log_scale)) + tf.convert_to_tensor(self.bias)
 
 
@@ -168,41 +157,46 @@ class Conv1x1(_NHWCLayer):
     .. math::
         \log|\det ∂z/∂x| = H·W·\log|\det W|,\qquad x = z\,W^{-1}.
 
-    Kingma & Dhariwal 2018, §3.2; reference ``snf/layers/conv1x1.py`` (PAPER.md §6): no bias,
+    Kingma & Dhariwal 2018, §3.2; reference ``snf/layers/conv1x1.py`` (docs/paper.md: layer details): no bias,
     random orthogonal init (Q of a QR decomposition), inverse by a matrix inverse. The weight ``kernel`` is HWIO [1, 1, C, C] — the layout of ``SelfNormConv2D(1)``, the
     SNF replacement of this layer — with ``z = conv2d(x, kernel)``.
 
     Trained with plain autodiff through ``log|det W| = Σ log|diag R|`` of ``W = QR`` (O(C³) per
     step, the baseline the paper compares against); QR, unlike slogdet, compiles with XLA, so the
-    layer works under ``jit_compile=True``. The ``exact`` flag is ignored.
+    layer works under ``jit_compile=True``. The ``exact`` flag is ignored. Also the exact 1×1
+    conv inside :class:`~snf_tf.layers.EmergingConv2D` and :class:`~snf_tf.layers.ConvExponential`.
     """
 
-    def build(self, input_shape):
-        channels = self._build_channels(input_shape)
+    constant_jacobian = True
+
+    def _build_for_shape(self, event_shape):
+        channels = event_shape[-1]
         self.kernel = self.add_weight(name="kernel", shape=(1, 1, channels, channels),
-                                      initializer=self._orthogonal_init)
+                                      initializer=orthogonal_1x1_init)
 
-    @staticmethod
-    def _orthogonal_init(shape, dtype=None):
-        matrix = keras.initializers.Orthogonal()((shape[2], shape[3]), dtype=dtype)
-        return tf.reshape(matrix, shape)
+    def _load_variables(self, store):
+        """Emerging and ConvExp files written before 0.2 hold their 1×1 kernel as [C, C]."""
+        if len(store.keys()) == 1 and len(np.shape(store["0"])) == 2:
+            store = {"0": np.asarray(store["0"])[None, None]}
+        super()._load_variables(store)
 
-    def log_abs_det(self):
-        """``log|det W|`` of the C×C matrix (per pixel; multiply by H·W for the layer), from a QR
-        decomposition: unlike slogdet it compiles with XLA."""
+    def log_abs_det_per_pixel(self):
+        """``log|det W|`` of the C×C matrix, from a QR decomposition: unlike slogdet it compiles
+        with XLA."""
         return warn_if_singular(self, log_abs_det_qr(tf.convert_to_tensor(self.kernel)[0, 0]))
 
-    def forward(self, x, exact=False, training=False):
+    def exact_log_abs_det(self, event_shape=None):
+        """``H·W·log|det W|`` for per-example shape ``event_shape`` = (H, W, C)."""
+        return self._spatial_size(event_shape) * self.log_abs_det_per_pixel()
+
+    def _forward(self, x, exact, training):
         """``z = conv1x1(x, W)`` and ``H·W·log|det W|`` per example."""
-        x = self._check_input(x)
         kernel = tf.convert_to_tensor(self.kernel)
         z = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
-        log_det = self._spatial_size(x) * self.log_abs_det()
-        return z, tf.broadcast_to(log_det, tf.shape(x)[:1])
+        return z, _spatial_size_of(x) * self.log_abs_det_per_pixel()
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``x = conv1x1(z, W⁻¹)`` (exact)."""
-        z = self._check_input(z, "z")
         inverse = tf.linalg.inv(tf.convert_to_tensor(self.kernel)[0, 0])
         return tf.nn.conv2d(z, inverse[None, None], strides=1, padding="VALID")
 
@@ -228,7 +222,7 @@ class AffineCoupling(_NHWCLayer):
         z = [x_1,\; x_2 e^{\log s} + t],\qquad \log|\det| = \textstyle\sum \log s,
 
     with x₁ the first C/2 channels (unchanged) and x₂ the rest. Kingma & Dhariwal 2018, §3.3;
-    reference ``snf/layers/coupling.py`` (PAPER.md §6). NN = Conv3×3(C/2 → hidden, same) → ReLU →
+    reference ``snf/layers/coupling.py`` (docs/paper.md: layer details). NN = Conv3×3(C/2 → hidden, same) → ReLU →
     Conv1×1(hidden → hidden) → ReLU → Conv2dZero(hidden → C, 3×3, same), the last one zero-
     initialised with its output multiplied by exp(3·logs), logs a zero-initialised per-channel
     weight (``zero_logs``). The first two convs use PyTorch's default init. Scale and shift are
@@ -243,11 +237,11 @@ class AffineCoupling(_NHWCLayer):
 
     def __init__(self, hidden_channels=512, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_channels = _check_positive_int(hidden_channels, "hidden_channels",
-                                                   "AffineCoupling")
+        self.hidden_channels = check_positive_int(hidden_channels, "hidden_channels",
+                                                  "AffineCoupling")
 
-    def build(self, input_shape):
-        channels = self._build_channels(input_shape)
+    def _build_for_shape(self, event_shape):
+        channels = event_shape[-1]
         if channels % 2 or channels < 2:
             raise ValueError(
                 f"{self.name}: {type(self).__name__} splits the channels in two halves and needs an "
@@ -275,18 +269,16 @@ class AffineCoupling(_NHWCLayer):
         log_s = 2.0 * tf.tanh(h[..., 0::2] / 2.0)
         return log_s, h[..., 1::2]
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``z = [x₁, x₂·e^{log s} + t]`` and ``Σ log s`` per example (``exact`` is ignored)."""
-        x = self._check_input(x)
         half = self.channels // 2
         x1, x2 = x[..., :half], x[..., half:]
         log_s, shift = self.scale_and_shift(x1)
         z = tf.concat([x1, x2 * tf.exp(log_s) + shift], axis=-1)
         return z, tf.reduce_sum(log_s, axis=[1, 2, 3])
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``x = [z₁, (z₂ − t)·e^{−log s}]`` (exact)."""
-        z = self._check_input(z, "z")
         half = self.channels // 2
         z1, z2 = z[..., :half], z[..., half:]
         log_s, shift = self.scale_and_shift(z1)
@@ -307,17 +299,15 @@ class SplitPrior(_NHWCLayer):
         y = \mathrm{coupling}(x),\quad z = y_{[:C/2]},\quad
         \log\text{-det} = \log|\det ∂y/∂x| + \log\mathcal N(y_{[C/2:]};\,0, I).
 
-    Dinh et al. 2017 / Kingma & Dhariwal 2018; reference ``snf/layers/splitprior.py`` (PAPER.md §6):
+    Dinh et al. 2017 / Kingma & Dhariwal 2018; reference ``snf/layers/splitprior.py`` (docs/paper.md: layer details):
     an :class:`AffineCoupling` on the full tensor, then the first C/2 channels go on and the rest
     are scored under a *standard* normal (not a learned conditional prior). The returned "log-det"
     therefore includes a log-density and the layer is not square: output channels = C/2.
 
-    Inverse: ``inverse(z, exact=False, dropped=None, temperature=1.0, seed=None)``. The dropped half
-    is ``dropped`` when given (for exact round trips, see :meth:`split`), otherwise sampled from
-    N(0, T²I) with ``keras.random``: ``seed`` may be an int (stateless, reproducible), a
-    ``keras.random.SeedGenerator``, or None (the layer's own ``SeedGenerator``, seeded by the
-    constructor's ``seed``). ``samples_on_inverse = True`` tells ``FlowModel`` to pass
-    ``temperature`` and ``seed``.
+    Inverse: ``inverse(z, exact=False, temperature=1.0, seed=None)`` samples the dropped half from
+    N(0, T²I) (seeds as :func:`snf_tf.layers.base.draw`: None = the layer's own
+    ``SeedGenerator``, seeded by the constructor's ``seed``; an int; a stateless pair);
+    :meth:`merge` takes a given dropped half instead (exact round trips with :meth:`split`).
 
     Args:
         hidden_channels: width of the coupling network (512 in the paper).
@@ -325,10 +315,11 @@ class SplitPrior(_NHWCLayer):
     """
 
     samples_on_inverse = True
+    preserves_shape = False
 
     def __init__(self, hidden_channels=512, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.hidden_channels = _check_positive_int(hidden_channels, "hidden_channels", "SplitPrior")
+        self.hidden_channels = check_positive_int(hidden_channels, "hidden_channels", "SplitPrior")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):
             raise ValueError(f"SplitPrior: seed must be a non-negative int or None, got {seed!r}.")
@@ -337,14 +328,14 @@ class SplitPrior(_NHWCLayer):
         self.coupling = AffineCoupling(self.hidden_channels, dtype=self.dtype_policy,
                                        name="coupling")
 
-    def build(self, input_shape):
-        channels = self._build_channels(input_shape)
+    def _build_for_shape(self, event_shape):
+        channels = event_shape[-1]
         if channels % 2 or channels < 2:
             raise ValueError(
                 f"{self.name}: SplitPrior keeps half of the channels and needs an even channel "
                 f"count, got C = {channels}. Squeeze first (C → 4C) or pad the input."
             )
-        self.coupling.build(tuple(input_shape))
+        self.coupling.build((None,) + event_shape)
 
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
@@ -354,46 +345,33 @@ class SplitPrior(_NHWCLayer):
     def split(self, x, training=False):
         """``(kept, dropped, log_det)``: the coupling output's two halves and the forward log-det
         (coupling log-det + log N(dropped))."""
-        y, coupling_log_det = self.coupling.forward(self._check_input(x), training=training)
+        return self._split(self._check_input(x), training)
+
+    def _split(self, x, training):
+        y, coupling_log_det = self.coupling.forward(x, training=training)
         half = self.channels // 2
         kept, dropped = y[..., :half], y[..., half:]
         log_normal = -0.5 * tf.reduce_sum(tf.square(dropped) + _LOG_2PI, axis=[1, 2, 3])
         return kept, dropped, coupling_log_det + log_normal
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``(kept half, coupling log-det + log N(dropped half))`` per example."""
-        kept, _, log_det = self.split(x, training=training)
+        kept, _, log_det = self._split(x, training)
         return kept, log_det
 
-    def inverse(self, z, exact=False, dropped=None, temperature=1.0, seed=None):
-        """``x`` from the kept half ``z`` and the dropped half (given, or sampled from N(0, T²))."""
-        if not self.built:
-            raise ValueError(f"{self.name}: build the layer (call it on data once) before inverse().")
-        z = self._check_half(z, "z")
-        if dropped is None and isinstance(seed, (tuple, list)):  # a stateless seed pair
-            dropped = tf.random.stateless_normal(tf.shape(z), seed=tf.cast(seed, tf.int32),
-                                                 stddev=temperature, dtype=z.dtype)
-        elif dropped is None:
-            dropped = keras.random.normal(
-                tf.shape(z), stddev=temperature, dtype=z.dtype,
-                seed=self.seed_generator if seed is None else seed)
-        else:
-            dropped = self._check_half(dropped, "dropped")
+    def _inverse(self, z, exact, temperature, seed):
+        """``x`` from the kept half ``z`` and a dropped half sampled from N(0, T²)."""
+        dropped = draw("normal", tf.shape(z), z.dtype, seed, self.seed_generator,
+                       stddev=temperature)
         return self.coupling.inverse(tf.concat([z, dropped], axis=-1))
 
-    def _check_half(self, value, name):
-        if not tf.is_tensor(value):
-            value = tf.convert_to_tensor(value)
-        if not value.dtype.is_floating:
-            raise ValueError(f"{self.name}: {name} must be a floating-point tensor, "
-                             f"got dtype {value.dtype.name}.")
-        half = self.channels // 2
-        if value.shape.rank != 4 or (value.shape[-1] is not None and value.shape[-1] != half):
-            raise ValueError(
-                f"{self.name}: {name} must be {_NHWC} with C/2 = {half} channels (the layer was "
-                f"built for C = {self.channels}), got shape {value.shape}."
-            )
-        return tf.cast(value, self.compute_dtype)
+    def merge(self, kept, dropped):
+        """The exact inverse of :meth:`split`: ``x`` from both halves."""
+        if not self.built:
+            raise ValueError(f"{self.name}: build the layer (call it on data once) before merge().")
+        kept = self._check_input(kept, "z")
+        dropped = self._check_input(dropped, "dropped")  # the shape of the kept half
+        return self.coupling.inverse(tf.concat([kept, dropped], axis=-1))
 
     def get_config(self):
         config = super().get_config()

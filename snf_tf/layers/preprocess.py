@@ -1,6 +1,6 @@
 """Preprocessing as flow layers: dequantization, affine normalisation and the logit transform.
 
-Keller et al., ICML 2021, common image pipeline (PAPER.md §3): uint8 pixels ``x ∈ {0..255}^D`` →
+Keller et al., ICML 2021, common image pipeline (``docs/paper.md``): uint8 pixels ``x ∈ {0..255}^D`` →
 ``Dequantize`` (x + u) → ``Normalize(0, 256)`` (x / 256) → ``Normalize.logit_prescaling(1e-6)``
 ((x + α)(1 − 2α)) → ``Logit``. Their log-dets count in the likelihood, so the NLL is in nats of the
 density on ``[0, 256)^D``.
@@ -11,7 +11,7 @@ import math
 import keras
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, sum_per_example
+from snf_tf.layers.base import FlowLayer, draw, sum_per_example
 
 __all__ = ["Dequantize", "Normalize", "Logit"]
 
@@ -27,10 +27,10 @@ def _num_features(x):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Dequantize(FixedShapeFlowLayer):
+class Dequantize(FlowLayer):
     r"""Uniform dequantization ``z = x + u``, ``u ~ U[0, 1)^D``, with log-det 0.
 
-    Keller et al., ICML 2021 (PAPER.md §3, step 2; reference ``Dequantization`` with a uniform
+    Keller et al., ICML 2021 (docs/paper.md: image pipeline, step 2; reference ``Dequantization`` with a uniform
     noise distribution, ``log q(u) = 0``). Turns integer data into a continuous variable whose
     density on ``[0, 256)^D`` lower-bounds the discrete likelihood:
 
@@ -38,7 +38,8 @@ class Dequantize(FixedShapeFlowLayer):
         \log P(x) \ge \mathbb{E}_{u}\,\log p(x + u),\qquad \log|\det ∂z/∂x| = 0.
 
     When noise is added: ``forward(x, training=True)``, or always when the layer is built with
-    ``always=True``, or per call with ``add_noise=True/False`` (overrides both). With the defaults,
+    ``always=True``, or per call with ``noise=True/False`` (overrides both); ``seed`` as
+    :func:`snf_tf.layers.base.draw` (None: the layer's ``SeedGenerator``). With the defaults,
     ``evaluate``/``log_prob`` (``training=False``) score the grid points ``x`` themselves — the
     reference instead draws one noise sample at evaluation too; use ``always=True`` to match it.
 
@@ -62,31 +63,24 @@ class Dequantize(FixedShapeFlowLayer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-    def _check_input(self, x, name="x"):
-        if not tf.is_tensor(x):
-            x = tf.convert_to_tensor(x)
-        if x.dtype.is_integer:
-            x = tf.cast(x, self.compute_dtype)
-        elif not x.dtype.is_floating:
-            raise ValueError(
-                f"{self.name}: {name} must be a floating-point or integer tensor, "
-                f"got dtype {x.dtype.name}."
-            )
-        return super()._check_input(x, name)
+    accepts_integers = True
+    draws_on_forward = True
+    constant_jacobian = True
 
-    def forward(self, x, exact=False, training=False, add_noise=None):
-        """``(x + u, 0)``; noise when ``add_noise`` is True, or (if it is None) when training or
+    def _forward(self, x, exact, training, noise, seed):
+        """``(x + u, 0)``; noise when ``noise`` is True, or (if it is None) when training or
         ``always``."""
-        x = self._check_input(x)
-        noisy = (bool(training) or self.always) if add_noise is None else bool(add_noise)
-        if noisy:
-            x = x + keras.random.uniform(tf.shape(x), minval=0.0, maxval=1.0, dtype=x.dtype,
-                                         seed=self.seed_generator)
-        return x, tf.zeros(tf.shape(x)[:1], dtype=x.dtype)
+        if (bool(training) or self.always) if noise is None else bool(noise):
+            x = x + draw("uniform", tf.shape(x), x.dtype, seed, self.seed_generator,
+                         minval=0.0, maxval=1.0)
+        return x, tf.zeros([], dtype=x.dtype)
 
-    def inverse(self, z, exact=False):
+    def exact_log_abs_det(self, event_shape=None):
+        return tf.zeros([], self.compute_dtype)
+
+    def _inverse(self, z, exact):
         """Identity: the continuous value is the data (see the class docstring)."""
-        return self._check_input(z, "z")
+        return z
 
     def get_config(self):
         config = super().get_config()
@@ -95,10 +89,10 @@ class Dequantize(FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Normalize(FixedShapeFlowLayer):
+class Normalize(FlowLayer):
     r"""Fixed affine map ``z = (x − translation) / scale`` with ``log|det| = −D·log(scale)``.
 
-    Keller et al., ICML 2021 (PAPER.md §3, steps 3-4; reference ``Normalization(translation,
+    Keller et al., ICML 2021 (docs/paper.md: image pipeline, steps 3-4; reference ``Normalization(translation,
     scale)``). The paper's pipeline uses two of them:
 
     - ``Normalize(0, 256)``: ``z = x / 256``, log-det ``−D·log 256``;
@@ -113,6 +107,8 @@ class Normalize(FixedShapeFlowLayer):
         translation: subtracted first (float).
         scale: positive finite divisor (float).
     """
+
+    constant_jacobian = True
 
     def __init__(self, translation=0.0, scale=256.0, **kwargs):
         super().__init__(**kwargs)
@@ -132,15 +128,19 @@ class Normalize(FixedShapeFlowLayer):
             raise ValueError(f"Normalize.logit_prescaling: alpha must be in [0, 0.5), got {alpha}.")
         return cls(translation=-alpha, scale=1.0 / (1.0 - 2.0 * alpha), **kwargs)
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``((x − t) / s, −D·log s)``."""
-        x = self._check_input(x)
         z = (x - self.translation) * (1.0 / self.scale)
         return z, _batch_broadcast(-math.log(self.scale) * _num_features(x), x)
 
-    def inverse(self, z, exact=False):
+    def exact_log_abs_det(self, event_shape=None):
+        shape = self.event_shape if event_shape is None else tuple(event_shape)
+        if shape is None or None in shape:
+            raise ValueError(f"{self.name}: give a fully known event_shape, got {shape}.")
+        return tf.constant(-math.log(self.scale) * math.prod(shape), self.compute_dtype)
+
+    def _inverse(self, z, exact):
         """``z·s + t``."""
-        z = self._check_input(z, "z")
         return z * self.scale + self.translation
 
     def get_config(self):
@@ -150,10 +150,10 @@ class Normalize(FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Logit(FixedShapeFlowLayer):
+class Logit(FlowLayer):
     r"""Elementwise logit ``z = log x − log(1 − x)`` on ``(0, 1)^D``; inverse: the sigmoid.
 
-    Keller et al., ICML 2021 (PAPER.md §3, step 5; reference ``LogitTransform``):
+    Keller et al., ICML 2021 (docs/paper.md: image pipeline, step 5; reference ``LogitTransform``):
 
     .. math::
         \log|\det ∂z/∂x| = \sum_i \bigl(−\log x_i − \log(1 − x_i)\bigr).
@@ -162,12 +162,11 @@ class Logit(FixedShapeFlowLayer):
     ``Normalize.logit_prescaling`` so that 0 and 1 stay away from the boundary).
     """
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``(log x − log(1−x), Σ −log x − log(1−x))``."""
-        x = self._check_input(x)
         log_x, log_1mx = tf.math.log(x), tf.math.log1p(-x)
         return log_x - log_1mx, sum_per_example(-log_x - log_1mx)
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``sigmoid(z)``."""
-        return tf.math.sigmoid(self._check_input(z, "z"))
+        return tf.math.sigmoid(z)

@@ -1,6 +1,6 @@
 """Volume-preserving rearrangements: 2×2 squeeze (space-to-channels), flatten and reshape.
 
-Keller et al., ICML 2021 (PAPER.md §6, "Squeeze"): the multi-scale conv and Glow models squeeze
+Keller et al., ICML 2021 (``docs/paper.md``, "Squeeze"): the multi-scale conv and Glow models squeeze
 between blocks. All layers here permute or regroup elements, so ``log|det| = 0``.
 """
 
@@ -8,24 +8,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer
+from snf_tf.layers.base import FlowLayer
 
 __all__ = ["Squeeze", "Flatten", "Reshape"]
 
 
-def _check_latent_dtype(layer, z):
-    if not tf.is_tensor(z):
-        z = tf.convert_to_tensor(z)
-    if not z.dtype.is_floating:
-        raise ValueError(f"{layer.name}: z must be a floating-point tensor, got dtype {z.dtype.name}.")
-    return z
+class _Rearrangement(FlowLayer):
+    """A permutation or regrouping of the elements: log-det 0."""
+
+    constant_jacobian = True
+    preserves_shape = False
+
+    def exact_log_abs_det(self, event_shape=None):
+        return tf.zeros([], self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Squeeze(FixedShapeFlowLayer):
+class Squeeze(_Rearrangement):
     r"""2×2 space-to-channels ``[B, H, W, C] → [B, H/2, W/2, 4C]`` in the reference's channel order.
 
-    Keller et al., ICML 2021 (PAPER.md §6; reference ``space_to_depth``:
+    Keller et al., ICML 2021 (docs/paper.md: layer details; reference ``space_to_depth``:
     ``view(B, C, H/2, 2, W/2, 2).permute(0, 1, 3, 5, 2, 4)`` on NCHW). In NHWC:
 
     .. math::
@@ -56,18 +58,28 @@ class Squeeze(FixedShapeFlowLayer):
         half = lambda d: None if d is None else d // 2  # noqa: E731
         return (half(height), half(width), None if channels is None else 4 * channels)
 
-    def _expected_shape(self, name):
-        return self._squeezed(self.event_shape) if name == "z" else self.event_shape
-
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) != 4:
             raise ValueError(f"{self.name}: Squeeze needs NHWC inputs (rank 4), got {input_shape}.")
         return (input_shape[0],) + self._squeezed(input_shape[1:])
 
-    def forward(self, x, exact=False, training=False):
+    def _build_from_latent(self, z_shape):
+        """``inverse`` before ``forward``: the data shape is the un-squeezed shape of ``z``."""
+        if len(z_shape) != 4:
+            raise ValueError(f"{self.name}: z must have rank 4 (NHWC), got shape {z_shape}.")
+        channels = z_shape[-1]
+        if channels is not None and channels % 4:
+            raise ValueError(
+                f"{self.name}: z must have a multiple of 4 channels (4 per input channel), "
+                f"got {channels}."
+            )
+        double = lambda d: None if d is None else 2 * d  # noqa: E731
+        self.build((None, double(z_shape[1]), double(z_shape[2]),
+                    None if channels is None else channels // 4))
+
+    def _forward(self, x, exact, training):
         """``(squeeze(x), 0)``."""
-        x = self._check_input(x)
         shape = tf.shape(x)
         b, h, w, c = shape[0], shape[1], shape[2], shape[3]
         if not (x.shape[1] is not None and x.shape[2] is not None):
@@ -79,22 +91,8 @@ class Squeeze(FixedShapeFlowLayer):
         z = tf.reshape(y, [b, h // 2, w // 2, 4 * c])
         return z, tf.zeros([b], dtype=x.dtype)
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """``[B, H/2, W/2, 4C] → [B, H, W, C]``, undoing :meth:`forward` exactly."""
-        z = _check_latent_dtype(self, z)
-        if z.shape.rank != 4:
-            raise ValueError(f"{self.name}: z must have rank 4 (NHWC), got shape {z.shape}.")
-        channels = z.shape[-1]
-        if channels is not None and channels % 4:
-            raise ValueError(
-                f"{self.name}: z must have a multiple of 4 channels (4 per input channel), "
-                f"got {channels}."
-            )
-        if not self.built:
-            double = lambda d: None if d is None else 2 * d  # noqa: E731
-            self.build((None, double(z.shape[1]), double(z.shape[2]),
-                        None if channels is None else channels // 4))
-        z = self._check_input(z, "z")
         shape = tf.shape(z)
         b, h, w, c4 = shape[0], shape[1], shape[2], shape[3]
         y = tf.reshape(z, [b, h, w, c4 // 4, 2, 2])              # [B, H', W', C, i, j]
@@ -103,7 +101,7 @@ class Squeeze(FixedShapeFlowLayer):
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
-class Reshape(FixedShapeFlowLayer):
+class Reshape(_Rearrangement):
     r"""Reshape each example to ``target_shape`` (row-major, like ``tf.reshape``); ``log|det| = 0``.
 
     A relabelling of coordinates: ``z = vec⁻¹_{target}(vec(x))``. The input's per-example shape is
@@ -114,7 +112,7 @@ class Reshape(FixedShapeFlowLayer):
         target_shape: per-example output shape (no batch axis), e.g. ``(784,)`` or ``(28, 28, 1)``.
     """
 
-    _needs_known_shape = True
+    needs_known_shape = True
 
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
@@ -151,9 +149,6 @@ class Reshape(FixedShapeFlowLayer):
     def _build_for_shape(self, event_shape):
         self.output_event_shape = self._resolve(event_shape)
 
-    def _expected_shape(self, name):
-        return self.output_event_shape if name == "z" else self.event_shape
-
     def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         if any(d is None for d in input_shape[1:]):
@@ -161,21 +156,14 @@ class Reshape(FixedShapeFlowLayer):
                              f"shape, got {input_shape}.")
         return (input_shape[0],) + self._resolve(input_shape[1:])
 
-    def forward(self, x, exact=False, training=False):
+    def _forward(self, x, exact, training):
         """``(reshape(x), 0)``."""
-        x = self._check_input(x)
         batch = tf.shape(x)[:1]
         z = tf.reshape(x, tf.concat([batch, self.output_event_shape], 0))
         return z, tf.zeros(batch, dtype=x.dtype)
 
-    def inverse(self, z, exact=False):
+    def _inverse(self, z, exact):
         """Reshape back to the per-example shape seen at build time."""
-        if not self.built:
-            raise ValueError(
-                f"{self.name}: {type(self).__name__} does not know the shape to restore yet; call "
-                "forward() or build(input_shape) before inverse()."
-            )
-        z = self._check_input(_check_latent_dtype(self, z), "z")
         return tf.reshape(z, tf.concat([tf.shape(z)[:1], self.event_shape], 0))
 
     def get_config(self):

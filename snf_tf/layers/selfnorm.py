@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FixedShapeFlowLayer, in_xla_context, warn_if_singular
+from snf_tf.layers.base import FlowLayer, in_xla_context, orthogonal_1x1_init, warn_if_singular
 from snf_tf.ops import selfnorm as sn_ops
 from snf_tf.ops import toeplitz
 
@@ -18,13 +18,32 @@ __all__ = ["SelfNormDense", "SelfNormConv2D"]
 _RECONSTRUCTIONS = ("default", "symmetric", "only_inverse")
 
 
-class _SelfNormLayer(FixedShapeFlowLayer):
+def _fingerprint(kernel):
+    """Two int32 sums of the kernel's bit patterns with pseudo-random odd weights.
+
+    The staleness test of the exact-log-det cache: integer arithmetic (wrapping mod 2³²) is
+    exact, so the same kernel gives the same pair in any summation order — eagerly, traced or
+    under XLA — while a changed kernel changes it except with probability ≈ 2⁻⁶⁴. Costs O(size)
+    like the element-wise comparison with a stored kernel copy it replaces, without the copy.
+    """
+    bits = tf.reshape(tf.bitcast(kernel, tf.int32), [-1])  # float64: two words per element
+    index = tf.range(tf.size(bits), dtype=tf.int32)
+    odd = lambda w: tf.bitwise.bitwise_or(w, 1)  # noqa: E731 - odd weights: every bit counts
+    first = odd(index * np.int32(-1640531535) + np.int32(1013904223))
+    second = odd(tf.bitwise.bitwise_xor(index, np.int32(0x5BD1E995)) * np.int32(-2048144789))
+    return tf.stack([tf.reduce_sum(bits * first), tf.reduce_sum(bits * second)])
+
+
+class _SelfNormLayer(FlowLayer):
     """Shared machinery: gradient modes, learned inverse, reconstruction loss, exact log-det cache.
 
     Subclasses provide ``_linear(x, kernel)`` (the bias-free map), ``_selfnorm_op``,
     ``_log_det_surrogate``, ``_live_log_abs_det(kernel)`` and ``_exact_solve(y, kernel)``.
     """
 
+    needs_known_shape = True
+    constant_jacobian = True
+    has_log_det_cache = True
     _gradients = ("self_normalized", "exact")
 
     def __init__(self, gradient="self_normalized", reconstruction_weight=1.0,
@@ -45,16 +64,22 @@ class _SelfNormLayer(FixedShapeFlowLayer):
                 f"got {reconstruction!r}."
             )
         self.gradient = gradient
-        # Exact baselines need slogdet (no XLA kernel) in every training step: Keras then turns
-        # jit_compile off for any model containing them.
-        self.supports_jit = gradient != "exact"
         self.initial_reconstruction_weight = weight
         self.reconstruction = reconstruction
+        #: read the cached exact log-det without a staleness test or a live computation (set by
+        #: ``FlowModel.frozen_log_dets()`` for SavedModel export; gradients are then meaningless)
+        self.frozen_log_det = False
 
     @property
     def learns_inverse(self):
         """True when the layer trains a learned inverse ``inverse_kernel`` (SNF mode)."""
         return self.gradient == "self_normalized"
+
+    @property
+    def supports_xla(self):
+        """Exact baselines need slogdet (no XLA kernel) in every training step: Keras then turns
+        jit_compile off for any model containing them."""
+        return self.gradient != "exact"
 
     def _require_learned_inverse(self, what):
         if not self.learns_inverse:
@@ -85,14 +110,33 @@ class _SelfNormLayer(FixedShapeFlowLayer):
             name="last_reconstruction_error", shape=(), initializer="zeros", trainable=False,
             aggregation="mean",
         )
+        # NaN until computed: even a (≈ 2⁻⁶⁴) false match of the fingerprint reads NaN, never a
+        # wrong number.
         self.log_det_cache = self.add_weight(
-            name="log_det_cache", shape=(), initializer="zeros", trainable=False
-        )
-        # The kernel the cache was computed from; NaN = never computed, so the cache starts stale.
-        self.log_det_kernel = self.add_weight(
-            name="log_det_kernel", shape=kernel_shape,
+            name="log_det_cache", shape=(),
             initializer=keras.initializers.Constant(float("nan")), trainable=False,
         )
+        # _fingerprint of the kernel the cache was computed from.
+        self.log_det_fingerprint = self.add_weight(
+            name="log_det_fingerprint", shape=(2,), dtype="int32", initializer="zeros",
+            trainable=False,
+        )
+
+    def _load_variables(self, store):
+        """Files written before 0.2 stored a copy of the kernel (``log_det_kernel``) where the
+        fingerprint is now: the cache stays valid exactly when that copy equals the kernel."""
+        names = [v.name for v in self.variables]
+        last = str(len(names) - 1)
+        if len(store.keys()) == len(names) and tuple(np.shape(store[last])) == tuple(
+                self.kernel.shape):
+            store = {key: store[key] for key in store.keys()}
+            copy, kernel = np.asarray(store[last]), np.asarray(store[str(names.index("kernel"))])
+            fresh = np.array_equal(copy, kernel)
+            store[last] = (_fingerprint(tf.constant(kernel, self.kernel.dtype)).numpy() if fresh
+                           else np.zeros(2, np.int32))
+            if not fresh:
+                store[str(names.index("log_det_cache"))] = np.array(np.nan, kernel.dtype)
+        super()._load_variables(store)
 
     # -- exact log|det| ------------------------------------------------------------------------
     def refresh_log_det(self):
@@ -109,25 +153,31 @@ class _SelfNormLayer(FixedShapeFlowLayer):
         else:
             value = self._live_log_abs_det(kernel)
         self.log_det_cache.assign(value)
-        self.log_det_kernel.assign(self.kernel)
+        self.log_det_fingerprint.assign(_fingerprint(kernel))
         return value
 
     def _cache_is_fresh(self):
-        return tf.reduce_all(tf.equal(tf.convert_to_tensor(self.kernel),
-                                      tf.convert_to_tensor(self.log_det_kernel)))
+        return tf.reduce_all(tf.equal(_fingerprint(tf.convert_to_tensor(self.kernel)),
+                                      tf.convert_to_tensor(self.log_det_fingerprint)))
 
-    def exact_log_abs_det(self):
+    def exact_log_abs_det(self, event_shape=None):
         """The true ``log|det|`` of the layer's Jacobian (a scalar, per example).
 
         ``gradient="exact"``: computed live and differentiable. Otherwise the cache is used while it
         matches the current kernel; a stale cache is recomputed (eagerly: and stored) — except under
         XLA, where slogdet has no kernel and a stale cache yields NaN rather than a wrong number.
-        Call ``refresh_log_det()`` after weight updates and before compiled evaluation.
+        Call ``refresh_log_det()`` after weight updates and before compiled evaluation. With
+        ``frozen_log_det`` the cache is read as it is.
         """
+        if event_shape is not None and tuple(event_shape) != self.event_shape:
+            raise ValueError(f"{self.name}: built for per-example shape {self.event_shape}, "
+                             f"asked for {tuple(event_shape)}.")
+        cache = tf.convert_to_tensor(self.log_det_cache)
+        if self.frozen_log_det:
+            return cache
         kernel = tf.convert_to_tensor(self.kernel)
         if self.gradient == "exact":
             return self._live_log_abs_det(kernel)
-        cache = tf.convert_to_tensor(self.log_det_cache)
         if tf.executing_eagerly():
             if not bool(self._cache_is_fresh()):
                 self.refresh_log_det()
@@ -150,9 +200,7 @@ class _SelfNormLayer(FixedShapeFlowLayer):
                     here = tf.identity(kernel)  # in the graph the gradient is traced in
                     tape.watch(here)
                     value = self._live_log_abs_det(here)
-                # ZERO: SavedModel export swaps the live log-det for the cached constant
-                return upstream * tape.gradient(value, here,
-                                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return upstream * tape.gradient(value, here)
             return tf.identity(cache), grad
 
         if tf.executing_eagerly():
@@ -161,33 +209,21 @@ class _SelfNormLayer(FixedShapeFlowLayer):
                        lambda: self._live_log_abs_det(kernel))
 
     # -- protocol ------------------------------------------------------------------------------
-    def forward(self, x, exact=False, training=False):
-        """``z = f(x)`` and ``log|det ∂z/∂x|`` per example.
-
-        ``exact=False``: for SNF and relative modes the log-det is 0 in value and carries the
+    def _forward_with_reconstruction(self, x, exact, training):
+        """``exact=False``: for SNF and relative modes the log-det is 0 in value and carries the
         self-normalized (resp. relative) gradient. ``exact=True``: the true value, same gradient.
-        With ``training=True`` the reconstruction loss of ``x`` is registered via ``add_loss``.
-        """
-        z, log_det, recon = self.forward_with_reconstruction(x, exact=exact, training=training)
-        if recon is not None:
-            self._register_reconstruction(recon)
-        return z, log_det
-
-    def forward_with_reconstruction(self, x, exact=False, training=False):
-        """``(z, log_det, recon)``: ``forward`` plus this batch's λ-weighted reconstruction loss
-        (``None`` unless training an SNF layer with λ > 0), returned instead of ``add_loss``-ed.
-
-        ``FlowModel`` uses this path: ``add_loss`` lists are shared between the replicas of a
-        ``tf.distribute`` strategy, a return value is not.
-        """
-        x = self._check_input(x)
+        The reconstruction loss is ``None`` unless training an SNF layer with λ > 0."""
         kernel = tf.convert_to_tensor(self.kernel)
         bias = tf.convert_to_tensor(self.bias)
         recon = None
         if self.gradient == "exact":
             z = self._linear(x, kernel) + bias
-            log_det = (self._live_log_abs_det(kernel) if training
-                       else self._cached_log_abs_det_with_live_gradient(kernel))
+            if self.frozen_log_det:
+                log_det = tf.convert_to_tensor(self.log_det_cache)
+            elif training:
+                log_det = self._live_log_abs_det(kernel)
+            else:
+                log_det = self._cached_log_abs_det_with_live_gradient(kernel)
             log_det = warn_if_singular(self, log_det)
         else:
             if self.gradient == "relative":
@@ -205,12 +241,11 @@ class _SelfNormLayer(FixedShapeFlowLayer):
                 log_det = self._log_det_surrogate(kernel, inverse_kernel)
             if exact:
                 log_det = log_det + tf.stop_gradient(self.exact_log_abs_det())
-        return z, tf.broadcast_to(log_det, tf.shape(x)[:1]), recon
+        return z, log_det, recon
 
-    def inverse(self, z, exact=False):
-        """``x = f⁻¹(z)``: through the learned inverse R, or an exact solve when ``exact=True``
-        (always exact for modes without a learned inverse)."""
-        z = self._check_input(z, "z")
+    def _inverse(self, z, exact):
+        """Through the learned inverse R, or an exact solve when ``exact=True`` (always exact for
+        modes without a learned inverse)."""
         y = z - tf.convert_to_tensor(self.bias)
         if exact or not self.learns_inverse:
             return self._exact_solve(y, tf.convert_to_tensor(self.kernel))
@@ -276,7 +311,6 @@ class SelfNormDense(_SelfNormLayer):
     """
 
     input_rank = 2
-    _needs_known_shape = True
     _gradients = ("self_normalized", "exact", "relative")
 
     def __init__(self, units=None, gradient="self_normalized", reconstruction_weight=1.0,
@@ -361,7 +395,6 @@ class SelfNormConv2D(_SelfNormLayer):
     """
 
     input_rank = 4
-    _needs_known_shape = True
 
     def __init__(self, kernel_size=3, gradient="self_normalized", reconstruction_weight=1.0,
                  reconstruction="default", padding="same", strides=1, **kwargs):
@@ -392,7 +425,7 @@ class SelfNormConv2D(_SelfNormLayer):
         k = self.kernel_size
         shape = (k, k, channels, channels)
         if k == 1:
-            kernel_init = self._orthogonal_init
+            kernel_init = orthogonal_1x1_init
             bias_std = 0.01 / math.sqrt(channels)
         else:
             # Xavier-normal with gain 0.01, fan_in = fan_out = C·k² (PyTorch's convention).
@@ -403,11 +436,6 @@ class SelfNormConv2D(_SelfNormLayer):
                                     initializer=keras.initializers.RandomNormal(stddev=bias_std))
         self._counts = sn_ops.tap_counts(k, height, width)
         self._add_common_weights(shape)
-
-    @staticmethod
-    def _orthogonal_init(shape, dtype=None):
-        matrix = keras.initializers.Orthogonal()((shape[2], shape[3]), dtype=dtype)
-        return tf.reshape(matrix, shape)
 
     @staticmethod
     def _dirac_init(noise_std):
@@ -422,11 +450,6 @@ class SelfNormConv2D(_SelfNormLayer):
     def _initial_inverse(self):
         return sn_ops.flip_kernel(tf.convert_to_tensor(self.kernel))
 
-    @property
-    def spatial_shape(self):
-        """``(H, W, C)`` the layer was built for."""
-        return self.event_shape
-
     def _linear(self, x, kernel):
         return tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
 
@@ -438,12 +461,12 @@ class SelfNormConv2D(_SelfNormLayer):
 
     @property
     def toeplitz_size(self):
-        height, width, channels = self.spatial_shape
+        height, width, channels = self.event_shape
         return height * width * channels
 
     def _toeplitz_indices(self):
         if self._toeplitz is None:  # built lazily: only exact evaluation needs it
-            self._toeplitz = toeplitz.toeplitz_indices(*self.spatial_shape, self.kernel_size)
+            self._toeplitz = toeplitz.toeplitz_indices(*self.event_shape, self.kernel_size)
         return self._toeplitz
 
     def toeplitz_matrix(self, kernel=None):
@@ -454,14 +477,14 @@ class SelfNormConv2D(_SelfNormLayer):
 
     def _live_log_abs_det(self, kernel):
         if self.kernel_size == 1:
-            height, width, _ = self.spatial_shape
+            height, width, _ = self.event_shape
             return height * width * tf.linalg.slogdet(kernel[0, 0])[1]
         positions, taps = self._toeplitz_indices()
         return toeplitz.conv_log_abs_det(kernel, positions, taps, self.toeplitz_size)
 
     def _exact_solve(self, y, kernel):
         if self.kernel_size == 1:
-            channels = self.spatial_shape[-1]
+            channels = self.event_shape[-1]
             flat = tf.reshape(y, [-1, channels])
             x = tf.transpose(tf.linalg.solve(kernel[0, 0], tf.transpose(flat), adjoint=True))
             return tf.reshape(x, tf.shape(y))
@@ -474,7 +497,7 @@ class SelfNormConv2D(_SelfNormLayer):
         kernel = tf.convert_to_tensor(self.kernel)
         inverse_kernel = tf.convert_to_tensor(self.inverse_kernel)
         if self.kernel_size == 1:
-            height, width, channels = self.spatial_shape
+            height, width, channels = self.event_shape
             product = tf.matmul(kernel[0, 0], inverse_kernel[0, 0])
             eye = tf.eye(channels, dtype=product.dtype)
             return math.sqrt(height * width) * tf.norm(product - eye)

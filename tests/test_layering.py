@@ -1,0 +1,86 @@
+"""The package's floors (docs/design.md): a module imports only from lower floors (or its own
+subpackage), so layers and ops never reach up to the model, the TFP views or the CLI."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "snf_tf"
+
+FLOORS = {
+    "_environment": 0, "_files": 0,
+    "ops": 1,
+    "layers": 2,
+    "data": 3, "callbacks": 3, "bijectors": 3,
+    "model": 4,
+    "models": 5, "export": 5,
+    "experiments": 6,
+    "training": 7,
+    "bench": 8, "cli": 8, "__main__": 9,
+}
+
+
+def _unit(parts):
+    """The floor unit of a dotted module path below ``snf_tf`` (``layers.glow`` → ``layers``)."""
+    return parts[0] if parts else None
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] != "snf_tf":
+                continue
+            if len(parts) == 1:  # from snf_tf import x, y
+                yield from ((alias.name, node.lineno) for alias in node.names)
+            else:
+                yield parts[1], node.lineno
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "snf_tf" and len(parts) > 1:
+                    yield parts[1], node.lineno
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def test_every_module_has_a_floor():
+    units = {p.relative_to(PACKAGE).with_suffix("").parts[0] for p in MODULES}
+    assert units <= set(FLOORS), sorted(units - set(FLOORS))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_higher_floor(path):
+    unit = path.relative_to(PACKAGE).with_suffix("").parts[0]
+    for imported, line in _imports(path):
+        if imported == unit:
+            continue
+        assert FLOORS[imported] < FLOORS[unit], (
+            f"{path.relative_to(PACKAGE)}:{line} imports snf_tf.{imported} "
+            f"(floor {FLOORS[imported]}) from floor {FLOORS[unit]}")
+
+
+def test_import_snf_tf_does_not_load_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, snf_tf; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_keras_knows_the_flow_classes_as_soon_as_it_is_loaded():
+    """``import snf_tf`` then ``import keras``: the classes are registered for load_model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, snf_tf; import keras; objects = keras.saving.get_custom_objects(); "
+            "print(all(f'snf_tf>{n}' in objects for n in ('FlowModel', 'SelfNormDense', "
+            "'SplitPrior', 'RealNVPCoupling')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, check=True)
+    assert out.stdout.strip() == "True"
