@@ -1,6 +1,7 @@
 """The snf-tf command: export and sample (subprocess and in-process), one-line errors, exit 2."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -194,6 +195,40 @@ def test_train_resume_then_evaluate(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["dataset"] == "mnist" and result["split"] == "test"
     assert abs(result["nll"] - epochs[-1]["test_nll"]) < 10.0  # one dequantization sample each
+
+
+_TINY_FC = ["train", "selfnorm_fc_mnist", "--train-examples", "100", "--eval-examples", "100",
+            "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def one_epoch_fc_run(tmp_path_factory):
+    """A finished 1-epoch run folder of selfnorm_fc_mnist, trained through the CLI."""
+    out = tmp_path_factory.mktemp("resume") / "fc"
+    assert cli.main(_TINY_FC + ["--out", str(out), "--epochs", "1"]) == 0
+    return out
+
+
+@needs_mnist
+@pytest.mark.parametrize("change, setting", [
+    pytest.param(["--seed", "1"], "seed", id="seed"),
+    pytest.param(["--set", "learning_rate=0.001"], "learning_rate", id="set-learning_rate"),
+    pytest.param(["--set", "gradient=exact"], "model_kwargs", id="set-model-kwarg"),
+])
+def test_resume_with_a_changed_seed_or_setting_exits_2_and_leaves_the_run(
+        change, setting, one_epoch_fc_run, tmp_path, capsys):
+    out = tmp_path / "fc"
+    shutil.copytree(one_epoch_fc_run, out)  # a private copy: one test's failure stays its own
+    capsys.readouterr()
+    files = {name: (out / name).read_bytes() for name in ("metrics.json", "config.json",
+                                                          "best.keras")}
+    argv = _TINY_FC + ["--out", str(out), "--epochs", "2", "--resume"] + change
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"snf-tf: error: --resume: the settings {setting} differ"), err
+    for name, content in files.items():  # nothing was trained or rewritten
+        assert (out / name).read_bytes() == content, name
 
 
 @needs_mnist

@@ -151,8 +151,17 @@ def test_endpoints_match_the_model(exported, loaded):
     assert not np.allclose(samples, sm.sample(n=5, seed=12))
     # Same stateless seeds as FlowModel.sample (this Glow has one SplitPrior).
     np.testing.assert_allclose(samples, model.sample(5, seed=11), rtol=1e-5, atol=1e-3)
-    # Dequantization is off in the export: log_prob is the density at x itself.
-    np.testing.assert_allclose(sm.log_prob(x), sm.log_prob(x), rtol=0)
+    # Dequantization is off in the export: log_prob is the density at x itself, i.e. the layers
+    # after Dequantize (log-det 0) applied to x with nothing added ...
+    assert isinstance(model.flow_layers[0], layers.Dequantize) and model.flow_layers[0].always
+    h, log_det = tf.convert_to_tensor(x), 0.0
+    for layer in model.flow_layers[1:]:
+        h, layer_log_det = layer.forward(h, exact=True)
+        log_det = log_det + layer_log_det
+    at_x = (model.base_log_prob(h) + log_det).numpy()
+    np.testing.assert_allclose(sm.log_prob(x), at_x, rtol=1e-6, atol=1e-5)
+    # ... not the model's own log_prob, which adds the noise of Dequantize(always=True).
+    assert np.all(np.isfinite(at_x)) and not np.allclose(model.log_prob(x), at_x, rtol=1e-3)
     # ... and dequantized_log_prob adds u ~ U[0, 1) drawn with seed [seed, 0].
     u = tf.random.stateless_uniform(x.shape, seed=[7, 0])
     dequantized = sm.dequantized_log_prob(x=x, seed=7).numpy()
@@ -239,7 +248,8 @@ _FRESH = textwrap.dedent("""
         out[name] = {"log_prob": sm.log_prob(x).numpy().tolist(),
                      "z": f["z"].numpy().tolist(), "log_det": f["log_det"].numpy().tolist(),
                      "inverse": sm.inverse(f["z"]).numpy().tolist(),
-                     "sample": sm.sample(n=3, seed=5).numpy().tolist()}
+                     "sample": sm.sample(n=3, seed=5).numpy().tolist(),
+                     "dequantized": sm.dequantized_log_prob(x=x, seed=7).numpy().tolist()}
     assert not any(m == "snf_tf" or m.startswith("snf_tf.") for m in sys.modules)
     print(json.dumps(out))
 """)
@@ -270,6 +280,10 @@ def test_fresh_process_without_snf_tf(exported, tmp_path):
                                    rtol=1e-6)
         np.testing.assert_allclose(got[name]["sample"], export.sample(model, 3, 5), atol=1e-5,
                                    rtol=1e-6)
+        dequantized = export.dequantized_log_prob(model, x, 7).numpy()
+        np.testing.assert_allclose(got[name]["dequantized"], dequantized, atol=1e-5, rtol=1e-6)
+        # the noise was added: not the noise-free log_prob
+        assert not np.allclose(dequantized, export.log_prob(model, x), rtol=1e-4)
 
 
 def test_export_rejects_unbuilt_models(tmp_path):

@@ -59,9 +59,69 @@ def test_sample_reconstruct_and_diagnostics():
     z, _ = model.forward(exact)
     z_expected = tf.random.stateless_normal((5, 6, 6, 2), seed=[3, 0])
     np.testing.assert_allclose(z, z_expected, atol=1e-4)
-    np.testing.assert_allclose(model.reconstruct(x), x, atol=0.2)
+    # Move every R off W⁻¹: reconstruct and inverse_errors must follow the weights (NumPy).
+    for layer in model.flow_layers:
+        layer.inverse_kernel.assign(layer.inverse_kernel
+                                    + 0.05 * tf.random.normal(layer.inverse_kernel.shape))
+    expected = _numpy_reconstruct(model, x)
+    np.testing.assert_allclose(model.reconstruct(x), expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(expected - x).max() > 0.05  # R ≠ W⁻¹: the reconstruction is not x
     errors = model.inverse_errors()
-    assert len(errors) == 2 and all(v >= 0 for v in errors.values())
+    assert list(errors) == [layer.name for layer in model.flow_layers]
+    for layer in model.flow_layers:
+        t_w, t_r = _numpy_toeplitz(layer, "kernel"), _numpy_toeplitz(layer, "inverse_kernel")
+        expected_error = np.linalg.norm(t_w @ t_r - np.eye(len(t_w)))
+        assert expected_error > 0.1, layer.name
+        np.testing.assert_allclose(errors[layer.name], expected_error, rtol=1e-5,
+                                   err_msg=layer.name)
+
+
+def _numpy_toeplitz(layer, name):
+    """Dense matrix T with vec(conv(x, K)) = vec(x) @ T ('same', stride 1), by explicit loops."""
+    kernel = getattr(layer, name).numpy().astype(np.float64)
+    h, w, c = layer.spatial_shape
+    k, p = kernel.shape[0], kernel.shape[0] // 2
+    t = np.zeros((h, w, c, h, w, c))
+    for i in range(h):
+        for j in range(w):
+            for a in range(k):
+                for b in range(k):
+                    if 0 <= i + a - p < h and 0 <= j + b - p < w:
+                        t[i + a - p, j + b - p, :, i, j, :] += kernel[a, b]
+    return t.reshape(h * w * c, h * w * c)
+
+
+def _numpy_reconstruct(model, x):
+    """Learned-inverse round trip of a stack of SelfNormConv2D layers, in NumPy (float64)."""
+    h = x.reshape(len(x), -1).astype(np.float64)
+    tiled = [np.tile(layer.bias.numpy().astype(np.float64), int(np.prod(layer.spatial_shape[:2])))
+             for layer in model.flow_layers]
+    for layer, bias in zip(model.flow_layers, tiled):
+        h = h @ _numpy_toeplitz(layer, "kernel") + bias
+    for layer, bias in zip(reversed(model.flow_layers), reversed(tiled)):
+        h = (h - bias) @ _numpy_toeplitz(layer, "inverse_kernel")
+    return h.reshape(x.shape)
+
+
+def test_reconstruct_is_exact_where_every_r_is_the_inverse():
+    rng = np.random.default_rng(1)
+    model = FlowModel([SelfNormConv2D(3, dtype="float64"), SelfNormConv2D(1, dtype="float64")],
+                      dtype="float64")
+    x = _data((5, 4, 3), n=4).astype(np.float64)
+    model.build((None, 5, 4, 3))
+    for layer in model.flow_layers:  # centre tap only: A⁻¹ at the centre gives T(W)⁻¹ exactly
+        a = np.eye(3) + 0.4 * rng.standard_normal((3, 3))
+        kernel = np.zeros(layer.kernel.shape)
+        inverse = np.zeros(layer.kernel.shape)
+        centre = layer.kernel_size // 2
+        kernel[centre, centre], inverse[centre, centre] = a, np.linalg.inv(a)
+        layer.kernel.assign(kernel)
+        layer.inverse_kernel.assign(inverse)
+        layer.bias.assign(rng.standard_normal(3))
+    assert np.abs(model.forward(x)[0].numpy() - x).max() > 0.5  # the flow is not the identity
+    np.testing.assert_allclose(model.reconstruct(x), x, rtol=1e-12, atol=1e-12)
+    for name, error in model.inverse_errors().items():
+        assert error < 1e-12, (name, error)
 
 
 def test_save_and_load_keeps_weights_caches_and_optimizer(tmp_path):

@@ -144,29 +144,115 @@ def test_fused_reconstruction_equals_standalone_reconstruction_loss(make):
         np.testing.assert_allclose(fused[name], standalone[name], rtol=1e-9, atol=1e-12)
 
 
-def test_reconstruction_variants_match_numpy():
+def numpy_conv_matrix(kernel, h, w):
+    """NumPy twin of :func:`conv_matrix` by explicit loops over the taps ('same', stride 1):
+    ``conv(x, K)[i, j, o] = Σ_{a, b, c} x[i + a − p, j + b − p, c] K[a, b, c, o]``."""
+    k, _, c, _ = kernel.shape
+    p = k // 2
+    t = np.zeros((h, w, c, h, w, c))
+    for i in range(h):
+        for j in range(w):
+            for a in range(k):
+                for b in range(k):
+                    ii, jj = i + a - p, j + b - p
+                    if 0 <= ii < h and 0 <= jj < w:
+                        t[ii, jj, :, i, j, :] += kernel[a, b]
+    return t.reshape(h * w * c, h * w * c)
+
+
+def numpy_project_to_kernel(matrix, k, h, w, c):
+    """NumPy adjoint of ``K ↦ numpy_conv_matrix(K)``: a gradient w.r.t. the Toeplitz matrix
+    summed over the entries where each kernel tap sits."""
+    p = k // 2
+    m = matrix.reshape(h, w, c, h, w, c)
+    out = np.zeros((k, k, c, c))
+    for i in range(h):
+        for j in range(w):
+            for a in range(k):
+                for b in range(k):
+                    ii, jj = i + a - p, j + b - p
+                    if 0 <= ii < h and 0 <= jj < w:
+                        out[a, b] += m[ii, jj, :, i, j, :]
+    return out
+
+
+def numpy_reconstruction(x, K, R, weight, mode):
+    """Value and hand-written gradients w.r.t. K and R of the reconstruction loss, Keras row
+    convention (h = x K, x̂ = h R, x held constant), batch mean:
+
+    default       λ·mean_b Σ (h R − x)²
+    only_inverse  the same value, h = sg(x K): no gradient into K
+    symmetric     λ·mean_b ½[Σ (h R − x)² + Σ (sg(h) − h R K)²]: the target sg(h) is a
+                  constant, the round trip h R K carries gradient into both K's and into R.
+    """
+    n = len(x)
+    h = x @ K
+    r = h @ R
+    e1 = r - x
+    if mode == "symmetric":
+        e2 = h - r @ K
+        value = weight * np.mean(0.5 * (np.sum(e1 ** 2, 1) + np.sum(e2 ** 2, 1)))
+        g_r = e1 - e2 @ K.T          # ∂/∂r of ½Σe1² + ½Σe2² (per example, before λ/n)
+        d_k = r.T @ (-e2) + x.T @ (g_r @ R.T)  # last K of the round trip + h = x K
+        d_r = h.T @ g_r
+    else:
+        value = weight * np.mean(np.sum(e1 ** 2, 1))
+        d_r = 2 * h.T @ e1
+        d_k = np.zeros_like(K) if mode == "only_inverse" else 2 * x.T @ (e1 @ R.T)
+    return value, weight / n * d_k, weight / n * d_r
+
+
+def _tape_reconstruction(layer, x):
+    with tf.GradientTape() as tape:
+        loss = layer.reconstruction_loss(x)
+    d_kernel, d_inverse = tape.gradient(loss, [layer.kernel, layer.inverse_kernel])
+    d_kernel = np.zeros(layer.kernel.shape) if d_kernel is None else d_kernel.numpy()
+    return float(loss), d_kernel, d_inverse.numpy()
+
+
+@pytest.mark.parametrize("mode", ["default", "symmetric", "only_inverse"])
+def test_dense_reconstruction_variants_value_and_gradients_match_numpy(mode):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 4))
-    base = make_dense(4, rng, inverse="perturbed", reconstruction_weight=2.0)
-    K, Kr = base.kernel.numpy(), base.inverse_kernel.numpy()
-    h = x @ K
-    forward_err = np.sum((h @ Kr - x) ** 2, axis=1)
-    backward_err = np.sum((h - h @ Kr @ K) ** 2, axis=1)
-    expected = {"default": 2.0 * forward_err.mean(),
-                "symmetric": 2.0 * (0.5 * (forward_err + backward_err)).mean(),
-                "only_inverse": 2.0 * forward_err.mean()}
-    for mode, value in expected.items():
-        layer = SelfNormDense(reconstruction_weight=2.0, reconstruction=mode, dtype="float64")
-        layer.build((None, 4))
-        layer.set_weights(base.get_weights())
-        with tf.GradientTape() as tape:
-            loss = layer.reconstruction_loss(x)
-        np.testing.assert_allclose(float(loss), value, rtol=1e-12)
-        d_kernel = tape.gradient(loss, layer.kernel)
-        if mode == "only_inverse":
-            assert d_kernel is None or not np.any(d_kernel.numpy())
-        else:
-            assert np.any(d_kernel.numpy())
+    layer = make_dense(4, rng, inverse="perturbed", reconstruction_weight=2.0,
+                       reconstruction=mode)
+    K, R = layer.kernel.numpy(), layer.inverse_kernel.numpy()
+    value, d_k, d_r = numpy_reconstruction(x, K, R, 2.0, mode)
+    got_value, got_k, got_r = _tape_reconstruction(layer, x)
+    np.testing.assert_allclose(got_value, value, rtol=1e-12)
+    np.testing.assert_allclose(got_k, d_k, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got_r, d_r, rtol=1e-10, atol=1e-12)
+    assert np.abs(d_r).max() > 0.1 and (mode == "only_inverse" or np.abs(d_k).max() > 0.1)
+
+
+@pytest.mark.parametrize("mode", ["default", "symmetric", "only_inverse"])
+@pytest.mark.parametrize("k,c,h,w", [(3, 2, 4, 5), (1, 3, 3, 4), (5, 1, 4, 4)])
+def test_conv_reconstruction_variants_value_and_gradients_match_numpy_toeplitz(k, c, h, w, mode):
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((3, h, w, c))
+    layer = make_conv(k, c, h, w, rng, reconstruction_weight=0.6, reconstruction=mode)
+    t_k = numpy_conv_matrix(layer.kernel.numpy(), h, w)
+    t_r = numpy_conv_matrix(layer.inverse_kernel.numpy(), h, w)
+    value, d_tk, d_tr = numpy_reconstruction(x.reshape(3, -1), t_k, t_r, 0.6, mode)
+    got_value, got_k, got_r = _tape_reconstruction(layer, x)
+    np.testing.assert_allclose(got_value, value, rtol=1e-12)
+    np.testing.assert_allclose(got_k, numpy_project_to_kernel(d_tk, k, h, w, c),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got_r, numpy_project_to_kernel(d_tr, k, h, w, c),
+                               rtol=1e-10, atol=1e-12)
+    assert np.abs(d_tr).max() > 0.01 and (mode == "only_inverse" or np.abs(d_tk).max() > 0.01)
+
+
+def test_numpy_conv_matrix_equals_the_conv():
+    rng = np.random.default_rng(16)
+    kernel = rng.standard_normal((3, 3, 2, 2))
+    x = rng.standard_normal((2, 4, 5, 2))
+    z = tf.nn.conv2d(x, kernel, strides=1, padding="SAME").numpy()
+    np.testing.assert_allclose(x.reshape(2, -1) @ numpy_conv_matrix(kernel, 4, 5),
+                               z.reshape(2, -1), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal((40, 40))
+    np.testing.assert_allclose(numpy_project_to_kernel(g, 3, 4, 5, 2),
+                               project_to_kernel(g, kernel.shape, 4, 5), rtol=1e-12, atol=1e-12)
 
 
 def test_reconstruction_loss_ignores_non_finite_examples():
@@ -194,6 +280,51 @@ def test_reconstruction_loss_ignores_non_finite_examples():
     assert all(np.all(np.isfinite(g.numpy())) for pair in grads for g in pair)
     with pytest.raises(NonFiniteError):
         layer.reconstruction_loss(bad)
+
+
+def test_conv_reconstruction_ignores_non_finite_examples():
+    """Conv twin of the dense test, traced as in training: one NaN example in the batch leaves the
+    kernel and R gradients finite, and the fused (op) and standalone losses equal λ/N Σ over the
+    clean examples only (batch mean over all N = 4, the NaN example counted as 0)."""
+    rng = np.random.default_rng(17)
+    k, c, h, w = 3, 2, 4, 5
+    layer = make_conv(k, c, h, w, rng, reconstruction_weight=0.8)
+    x = rng.standard_normal((4, h, w, c))
+    bad = x.copy()
+    bad[2, 1, 3, 0] = np.nan
+
+    @tf.function
+    def losses_and_gradients(clean_x, bad_x):
+        with tf.GradientTape(persistent=True) as tape:
+            clean = layer.reconstruction_loss(clean_x)
+            masked = layer.reconstruction_loss(bad_x)
+            z, _ = layer.forward(bad_x, training=True)
+            fused = layer.losses[0]
+        weights = [layer.kernel, layer.inverse_kernel]
+        grads = [tape.gradient(loss, weights) for loss in (clean, masked, fused)]
+        return clean, masked, fused, z, grads
+
+    clean_x = np.delete(x, 2, axis=0)
+    clean, masked, fused, z, (g_clean, g_masked, g_fused) = losses_and_gradients(clean_x, bad)
+    t_k = numpy_conv_matrix(layer.kernel.numpy(), h, w)
+    t_r = numpy_conv_matrix(layer.inverse_kernel.numpy(), h, w)
+    flat = clean_x.reshape(3, -1)
+    expected = 0.8 * np.sum((flat @ t_k @ t_r - flat) ** 2) / 4
+    assert expected > 0.1
+    np.testing.assert_allclose(float(masked), expected, rtol=1e-12)
+    np.testing.assert_allclose(float(fused), expected, rtol=1e-12)
+    np.testing.assert_allclose(float(clean), expected * 4 / 3, rtol=1e-12)
+    _, d_tk, d_tr = numpy_reconstruction(flat, t_k, t_r, 0.8, "default")  # mean over the 3
+    references = [numpy_project_to_kernel(d * 3 / 4, k, h, w, c) for d in (d_tk, d_tr)]
+    assert all(np.all(np.isfinite(g.numpy())) for grads in (g_masked, g_fused) for g in grads)
+    for masked_grads in (g_masked, g_fused):
+        for got, reference in zip(masked_grads, references):
+            np.testing.assert_allclose(got.numpy(), reference, rtol=1e-10, atol=1e-12)
+    for got, reference in zip(g_clean, references):
+        np.testing.assert_allclose(got.numpy(), reference * 4 / 3, rtol=1e-10, atol=1e-12)
+    assert np.all(np.isfinite(np.delete(z.numpy(), 2, axis=0)))
+    with pytest.raises(NonFiniteError):
+        layer.forward(bad, training=True)
 
 
 # -- 2. conv SNF gradient against a dense Toeplitz computation ----------------------------------

@@ -14,6 +14,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import snf_tf  # noqa: E402
 from snf_tf import FlowModel, SelfNormConv2D, SelfNormDense  # noqa: E402
 
 
@@ -43,4 +44,4 @@ def run(strategy, kind):
 kind = sys.argv[1]
 one = run(tf.distribute.get_strategy(), kind)
 two = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), kind)
-print(json.dumps({"one": one, "two": two}))
+print(json.dumps({"snf_tf": snf_tf.__file__, "one": one, "two": two}))
