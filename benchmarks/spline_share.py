@@ -11,12 +11,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-
-import snf_tf  # noqa: E402  (oneDNN switch before TensorFlow loads)
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import snf_tf  # noqa: E402  (oneDNN switch before TensorFlow loads)
 from snf_tf import layers as L  # noqa: E402
 from snf_tf import models  # noqa: E402
 from snf_tf.bench.models import train_step_runner  # noqa: E402

@@ -1,4 +1,5 @@
-"""SplineActivation forward + backward: snf_tf.ops.spline against tfp.bijectors.RationalQuadraticSpline.
+"""SplineActivation forward + backward: snf_tf.ops.spline against
+tfp.bijectors.RationalQuadraticSpline.
 
 Same layer, same weights, same input (batch 100 at 28×28×1 by default, the first spline of the
 9-layer conv flow), one training-like step in a ``tf.function`` without XLA for the step (the
@@ -17,16 +18,15 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-
-import snf_tf  # noqa: E402,F401  (oneDNN switch before TensorFlow loads)
 import tensorflow as tf  # noqa: E402
 
+import snf_tf  # noqa: E402,F401  (oneDNN switch before TensorFlow loads)
 from snf_tf.layers import SplineActivation  # noqa: E402
 from snf_tf.ops import spline as spline_ops  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--shape", type=int, nargs="+", default=[28, 28, 1])

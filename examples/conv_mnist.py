@@ -1,8 +1,9 @@
 """Train the paper's 9-layer SNF conv flow on real MNIST and report the exact test likelihood.
 
-Reference config (docs/paper.md: experiments, ``selfnorm_cnn_mnist``): three blocks of three 3×3 SNF convs with
-per-element spline activations between them and a Squeeze between blocks; Adam 1e-3, batch 100,
-10-epoch warm-up, λ = 1. ``--layer exact|emerging|exponential`` trains the Table-1 baselines.
+Reference config (docs/paper.md: experiments, ``selfnorm_cnn_mnist``): three blocks of three 3×3 SNF
+convs with per-element spline activations between them and a Squeeze between blocks; Adam 1e-3,
+batch 100, 10-epoch warm-up, λ = 1. ``--layer exact|emerging|exponential`` trains the Table-1
+baselines.
 
     python examples/conv_mnist.py --quick                # 1 epoch on 2 000 images, ≈ 1-2 min
     python examples/conv_mnist.py --epochs 5             # ≈ 5 min per epoch on a 2-core CPU

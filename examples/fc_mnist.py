@@ -1,8 +1,9 @@
 """Train the paper's 2-layer SNF FC flow on real MNIST and report the exact test likelihood.
 
-Reference config (docs/paper.md: image pipeline, experiments, ``selfnorm_fc_mnist``): Adam 1e-4, batch 100, per-batch linear
-warm-up over 10 epochs, λ = 1; test NLL (nats on the 0..256 scale, and bits/dim) at the best
-validation epoch. Writes ``metrics.json``, ``samples.png`` and the best checkpoint to ``--out``.
+Reference config (docs/paper.md: image pipeline, experiments, ``selfnorm_fc_mnist``): Adam 1e-4,
+batch 100, per-batch linear warm-up over 10 epochs, λ = 1; test NLL (nats on the 0..256 scale, and
+bits/dim) at the best validation epoch. Writes ``metrics.json``, ``samples.png`` and the best
+checkpoint to ``--out``.
 
     python examples/fc_mnist.py --epochs 5            # ≈ 1-2 min per epoch on a 2-core CPU
     python examples/fc_mnist.py --epochs 1 --train-examples 5000   # quick look

@@ -8,9 +8,9 @@ call. TFP's direction convention is the generative one:
 - bijector ``forward``  = z → x (the layer's ``inverse``: the learned inverse R of SNF layers unless
   ``exact_inverse=True``),
 - bijector ``inverse``  = x → z (the layer's ``forward``, through W),
-- ``inverse_log_det_jacobian(x)`` = the layer's log-det at x (for SNF layers with ``exact=False`` the
-  value-zero surrogate whose gradient is the self-normalized one, so gradients through TFP equal the
-  model's own training gradients; ``exact=True`` gives the true value),
+- ``inverse_log_det_jacobian(x)`` = the layer's log-det at x (for SNF layers with ``exact=False``
+  the value-zero surrogate whose gradient is the self-normalized one, so gradients through TFP equal
+  the model's own training gradients; ``exact=True`` gives the true value),
 - ``forward_log_det_jacobian(z)`` = ``−inverse_log_det_jacobian(forward(z))``, i.e. at the point
   the view actually maps z to.
 
@@ -21,17 +21,19 @@ W) and returns stale values after a weight update when one input tensor is reuse
 ``tfb.Chain`` around our views *does* cache at the chain level — use :class:`snf_tf.bijectors.Chain`
 (a drop-in ``tfb.Chain``) when a chain contains learned inverses.
 
-**SplitPrior** factors dimensions out; it is not a bijection, so ``FlowBijector(split_prior)`` raises.
-``FlowModel.as_bijector`` / ``as_distribution`` include it as a *surjective* step: its inverse keeps
-half of the channels and its "inverse log-det" is the layer's term (coupling log-det + log N of the
-dropped half, as in ``FlowModel.log_prob``); its forward samples the dropped half from N(0, T²).
-Its ``forward_log_det_jacobian`` raises; the distribution's ``experimental_sample_and_log_prob``
-samples and then evaluates ``log_prob`` (through W), which is also what SNF models need.
+**SplitPrior** factors dimensions out; it is not a bijection, so ``FlowBijector(split_prior)``
+raises. ``FlowModel.as_bijector`` / ``as_distribution`` include it as a *surjective* step: its
+inverse keeps half of the channels and its "inverse log-det" is the layer's term (coupling log-det +
+log N of the dropped half, as in ``FlowModel.log_prob``); its forward samples the dropped half from
+N(0, T²). Its ``forward_log_det_jacobian`` raises; the distribution's
+``experimental_sample_and_log_prob`` samples and then evaluates ``log_prob`` (through W), which is
+also what SNF models need.
 
-When to use the views: interop with TFP code (composing with stock bijectors, ``TransformedDistribution``
-APIs), sampling and evaluation. Training goes through the Keras model (``FlowModel.fit``):
-``TransformedDistribution.trainable_variables`` does not see Keras 3 variables, although gradients
-taken with a ``tf.GradientTape`` w.r.t. ``model.trainable_weights`` flow through the views.
+When to use the views: interop with TFP code (composing with stock bijectors,
+``TransformedDistribution`` APIs), sampling and evaluation. Training goes through the Keras model
+(``FlowModel.fit``): ``TransformedDistribution.trainable_variables`` does not see Keras 3 variables,
+although gradients taken with a ``tf.GradientTape`` w.r.t. ``model.trainable_weights`` flow through
+the views.
 
 :class:`snf_tf.layers.RealNVPCoupling` goes the other way: a flow layer (trainable inside
 ``FlowModel``) whose transform is a stock ``tfb.RealNVP`` with Keras 3 ``Dense`` networks.
@@ -51,7 +53,8 @@ except ImportError:  # pragma: no cover - TFP layout changed
     _ChainBase = tfp.bijectors.Chain
 try:
     from tensorflow_probability.python.distributions.transformed_distribution import (
-        _TransformedDistribution as _TransformedBase)
+        _TransformedDistribution as _TransformedBase,
+    )
 except ImportError:  # pragma: no cover
     _TransformedBase = tfp.distributions.TransformedDistribution
 

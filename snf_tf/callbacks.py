@@ -1,8 +1,8 @@
 """Training utilities as Keras pieces: LR warm-up, GECO for λ, image grids, best-validation testing.
 
-docs/paper.md: method (GECO) and §3 (training loop of the reference): Adam, per-batch linear warm-up over the
-first 10 epochs, optional global-norm clipping (use the optimizer's ``global_clipnorm``), exact NLL
-on the validation set every epoch and the test NLL reported at the best-validation epoch.
+docs/paper.md: method (GECO) and §3 (training loop of the reference): Adam, per-batch linear warm-up
+over the first 10 epochs, optional global-norm clipping (use the optimizer's ``global_clipnorm``),
+exact NLL on the validation set every epoch and the test NLL reported at the best-validation epoch.
 Non-finite losses stop training (``keras.callbacks.TerminateOnNaN``); the best checkpoint on disk
 was written before and is untouched.
 """
@@ -50,11 +50,12 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Geco(keras.callbacks.Callback):
-    """GECO-style λ adaptation of the reference (docs/paper.md: method), per SNF layer after every batch.
+    """GECO-style λ adaptation of the reference (docs/paper.md: method), per SNF layer
+    after every batch.
 
-    ``ema ← α·ema + (1−α)·r`` (``r`` = the layer's unweighted mean reconstruction error of the batch,
-    ema initialised to the first ``r``), then ``λ ← λ·exp(rate·ema)``. As in the reference there is
-    no tolerance κ, so λ only grows.
+    ``ema ← α·ema + (1−α)·r`` (``r`` = the layer's unweighted mean reconstruction error of the
+    batch, ema initialised to the first ``r``), then ``λ ← λ·exp(rate·ema)``. As in the reference
+    there is no tolerance κ, so λ only grows.
     """
 
     def __init__(self, rate=1e-3, decay=0.9):
@@ -97,7 +98,8 @@ def save_png(path, grid):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+    plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+               format="png")  # whatever the file name ends with
 
 
 class ImageGrid(keras.callbacks.Callback):

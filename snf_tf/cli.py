@@ -106,7 +106,7 @@ def _load_checkpoint(path):
         raise CliError(str(error)) from None
 
 
-# -- commands ----------------------------------------------------------------------------------------
+# -- commands --------------------------------------------------------------------------------------
 @register
 class ExportCommand(Command):
     name = "export"
@@ -379,27 +379,16 @@ class BenchCommand(Command):
 
 def write_grid(samples, path, columns=None):
     """Write ``[n, H, W, C]`` samples on the 0..256 scale as a PNG grid (non-finite values → 0)."""
-    import numpy as np
+    from snf_tf.callbacks import image_grid, save_png
 
-    from snf_tf.callbacks import image_grid
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    samples = np.nan_to_num(np.asarray(samples, dtype=np.float64), nan=0.0, posinf=255.0,
-                            neginf=0.0)
-    grid = image_grid(samples, columns=columns)
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(folder, exist_ok=True)
-        plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0,
-                   vmax=255, format="png")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_png(path, image_grid(samples, columns=columns))
     except OSError as error:
         raise CliError(f"cannot write {path}: {error.strerror or error}") from None
 
 
-# -- entry point -------------------------------------------------------------------------------------
+# -- entry point -----------------------------------------------------------------------------------
 def build_parser():
     parser = _Parser(prog=PROG, description="Self Normalizing Flows (Keller et al., ICML 2021).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

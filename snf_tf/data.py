@@ -1,7 +1,7 @@
 """tf.data pipelines for the paper's datasets, from tensorflow-datasets (docs/paper.md: datasets).
 
-Images stay ``uint8`` NHWC in the pipeline; dequantization, /256 and logit are flow layers inside the
-model so that their log-dets count in the likelihood.
+Images stay ``uint8`` NHWC in the pipeline; dequantization, /256 and logit are flow layers inside
+the model so that their log-dets count in the likelihood.
 
 | name | train | validation | test |
 |---|---|---|---|
@@ -11,7 +11,7 @@ model so that their log-dets count in the likelihood.
 
 The reference drew ImageNet32's 20 000 validation images at random without a seed; a fixed slice
 is used here so runs are reproducible.
-"""
+"""  # noqa: E501 - a Markdown table row cannot be wrapped
 
 import os
 import re
@@ -100,7 +100,8 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
                        shuffle_files=False)
     except AssertionError as error:  # tfds' DatasetNotFoundError
         raise FileNotFoundError(
-            f"dataset {name!r} (split {tfds_split!r}) was not found in {default_data_dir(folder)!r} "
+            f"dataset {name!r} (split {tfds_split!r}) was not found in "
+            f"{default_data_dir(folder)!r} "
             "and download is off. Set TFDS_DATA_DIR / data_dir to a folder prepared by tfds, or "
             "pass download=True on a machine with network access."
         ) from error

@@ -1,11 +1,12 @@
-"""The paper's experiments by name, with the reference hyperparameters (docs/paper.md: results, datasets).
+"""The paper's experiments by name, with the reference hyperparameters
+(docs/paper.md: results, datasets).
 
 Each :class:`Experiment` is a frozen record: dataset, model builder and its arguments, training
 hyperparameters, and the number the paper reports for it. :func:`config` turns one into a plain
-``dict`` with overrides applied — a fresh dict every call, so runs in one process never share
-state (the reference's module-level ``default_config`` leaked between experiments, docs/paper.md: re-implementation notes).
-:func:`build_model` and :func:`datasets` give the model and the train/validation/test pipelines;
-:func:`snf_tf.training.run` trains one and writes its run folder.
+``dict`` with overrides applied — a fresh dict every call, so runs in one process never share state
+(the reference's module-level ``default_config`` leaked between experiments, docs/paper.md:
+re-implementation notes). :func:`build_model` and :func:`datasets` give the model and the
+train/validation/test pipelines; :func:`snf_tf.training.run` trains one and writes its run folder.
 
 >>> cfg = config("selfnorm_cnn_mnist", epochs=5)
 >>> model = build_model(cfg)
@@ -65,8 +66,9 @@ def _experiment(name, description, dataset, model, paper, paper_value=None, **kw
 def _fc(gradient, paper, value):
     prefix = "selfnorm" if gradient == "self_normalized" else gradient
     return _experiment(
-        f"{prefix}_fc_mnist", f"2-layer FC flow on MNIST, {gradient.replace('_', '-')} gradient", "mnist", "fc_flow",
-        paper, value, model_kwargs={"gradient": gradient}, learning_rate=1e-4, paper_epochs=6000)
+        f"{prefix}_fc_mnist", f"2-layer FC flow on MNIST, {gradient.replace('_', '-')} gradient",
+        "mnist", "fc_flow", paper, value, model_kwargs={"gradient": gradient}, learning_rate=1e-4,
+        paper_epochs=6000)
 
 
 def _cnn(layer, label, paper, value):

@@ -3,9 +3,9 @@
 Two ways to keep a trained ``FlowModel``:
 
 - ``.keras`` checkpoints — ``model.save("x.keras")`` / ``keras.models.load_model`` (or
-  :func:`load_checkpoint`, which adds clear errors): every layer is registered with Keras, so weights,
-  exact-log-det caches, seed-generator states and the optimizer state round-trip and training resumes
-  where it stopped. Needs snf_tf to load.
+  :func:`load_checkpoint`, which adds clear errors): every layer is registered with Keras, so
+  weights, exact-log-det caches, seed-generator states and the optimizer state round-trip and
+  training resumes where it stopped. Needs snf_tf to load.
 - SavedModels — :func:`export_saved_model` writes a TensorFlow SavedModel (``keras.export.
   ExportArchive``) with five endpoints that load with plain ``tf.saved_model.load`` (no snf_tf, no
   Keras needed) or through ``keras.layers.TFSMLayer(path, call_endpoint="log_prob")``:

@@ -1,8 +1,9 @@
 """FlowModel: a Keras model over a stack of flow layers, with exact evaluation and sampling.
 
 Keller et al., ICML 2021, §3-§5: train with the cheap self-normalized objective, report the exact
-likelihood. ``log p(x) = log N(z; 0, I) + Σ_k log|det J_k|`` with ``z`` the output of the last layer;
-layers that factor dimensions out (``SplitPrior``) add their own log-density terms to their log-det.
+likelihood. ``log p(x) = log N(z; 0, I) + Σ_k log|det J_k|`` with ``z`` the output of the last
+layer; layers that factor dimensions out (``SplitPrior``) add their own log-density terms to their
+log-det.
 """
 
 import contextlib
@@ -82,7 +83,8 @@ class FlowModel(keras.Model):
 
     - ``fit``: minimises the batch-mean NLL of the cheap path (``exact=False``: SNF layers give the
       self-normalized gradient) plus every layer's λ·reconstruction loss; logs ``loss``, ``nll`` and
-      ``recon`` (``nll`` is *not* the true NLL for SNF models: their log-det values are 0 in training).
+      ``recon`` (``nll`` is *not* the true NLL for SNF models: their log-det values are 0 in
+      training).
     - ``evaluate`` (and ``fit(validation_data=...)``): the exact NLL in nats (``nll``) and bits/dim
       (``bpd``), with every layer's cached exact log-det refreshed first (outside XLA).
     - ``log_prob(x, exact=True)``, ``sample(n, ...)``, ``reconstruct(x)``, ``inverse_errors()``.
@@ -356,11 +358,13 @@ class FlowModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config["flow_layers"] = [keras.saving.serialize_keras_object(l) for l in self.flow_layers]
+        config["flow_layers"] = [keras.saving.serialize_keras_object(layer)
+                                 for layer in self.flow_layers]
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        layers = [keras.saving.deserialize_keras_object(l) for l in config.pop("flow_layers")]
+        layers = [keras.saving.deserialize_keras_object(layer)
+                  for layer in config.pop("flow_layers")]
         return cls(layers, **config)

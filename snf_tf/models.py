@@ -1,8 +1,10 @@
-"""The paper's architectures as ready-made ``FlowModel``s (docs/paper.md: experiments, reference hyperparameters).
+"""The paper's architectures as ready-made ``FlowModel``s
+(docs/paper.md: experiments, reference hyperparameters).
 
-All models start with the common preprocessing of the reference (docs/paper.md: image pipeline): uniform
-dequantization (one noise sample, also at evaluation, as the reference), ``x/256``, the reference's
-logit pre-scaling ``(x + α)(1 − 2α)`` and a logit; their log-dets count in the likelihood.
+All models start with the common preprocessing of the reference (docs/paper.md: image pipeline):
+uniform dequantization (one noise sample, also at evaluation, as the reference), ``x/256``, the
+reference's logit pre-scaling ``(x + α)(1 − 2α)`` and a logit; their log-dets count in the
+likelihood.
 """
 
 from snf_tf import layers as L

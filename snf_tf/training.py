@@ -1,4 +1,5 @@
-"""Train one named experiment into a run folder: ``snf-tf train NAME`` (docs/paper.md: image pipeline training loop).
+"""Train one named experiment into a run folder: ``snf-tf train NAME``
+(docs/paper.md: image pipeline training loop).
 
 Keras ``fit`` does the work (progress bar, TensorBoard, backups); this module checks everything
 before the first step, wires the callbacks and writes the run folder:

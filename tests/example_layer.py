@@ -1,4 +1,5 @@
-"""The worked example of docs/adding_a_layer.md (the page shows this file; a test keeps them equal)."""
+"""The worked example of docs/adding_a_layer.md (the page shows this file; a test keeps them
+equal)."""
 
 import keras
 import tensorflow as tf

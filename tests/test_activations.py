@@ -1,144 +1,40 @@
-"""SmoothLeakyReLU, LearnableLeakyReLU, SplineActivation: protocol checks (float64), the Newton
-inverse, and the spline against a NumPy port of the reference (Durkan et al.) formulas."""
+"""SmoothLeakyReLU, LearnableLeakyReLU, SplineActivation: the Newton inverse, the
+parametrisations, and the spline against a NumPy port of the reference (Durkan et al.) formulas.
+
+The generic checks of every flow layer are in ``test_layer_table.py``.
+"""
 
 import math
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import perturb
 
 from snf_tf.layers.activations import LearnableLeakyReLU, SmoothLeakyReLU, SplineActivation
-
-CASES = [  # name, factory, per-example shape, input scale, weight perturbation
-    ("SmoothLeakyReLU", lambda: SmoothLeakyReLU(dtype="float64"), (4, 3, 2), 3.0, 0.0),
-    ("SmoothLeakyReLU-dense", lambda: SmoothLeakyReLU(0.1, dtype="float64"), (6,), 5.0, 0.0),
-    ("LearnableLeakyReLU", lambda: LearnableLeakyReLU(0.7, dtype="float64"), (4, 3, 2), 2.0, 0.0),
-    ("SplineActivation", lambda: SplineActivation(dtype="float64"), (4, 3, 2), 4.0, 0.5),
-    ("SplineActivation-dense", lambda: SplineActivation(num_bins=3, tail_bound=3.0, dtype="float64"),
-     (5,), 2.0, 0.5),
-]
-IDS = [c[0] for c in CASES]
 
 
 def _x(shape, batch, scale, seed=0):
     return scale * np.random.default_rng(seed).standard_normal((batch,) + shape)
 
 
-def _built(make, shape, perturb):
+def _built(make, shape, scale):
     layer = make()
     layer.build((None,) + shape)
-    rng = np.random.default_rng(99)
-    for w in layer.trainable_weights:  # move the spline off its near-identity init
-        w.assign(w.numpy() + perturb * rng.standard_normal(w.shape))
+    perturb(layer, scale)  # move the spline off its near-identity init
     return layer
 
 
-# -- protocol --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_round_trip(name, make, shape, scale, perturb):
-    layer = _built(make, shape, perturb)
-    x = _x(shape, 5, scale, seed=1)
-    z, _ = layer.forward(x)
-    np.testing.assert_allclose(layer.inverse(z), x, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_log_det_equals_slogdet_of_autodiff_jacobian(name, make, shape, scale, perturb):
-    layer = _built(make, shape, perturb)
-    x = tf.constant(_x(shape, 3, scale, seed=2))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        z, log_det = layer.forward(x, exact=True)
-        z = tf.reshape(z, [3, -1])
-    jac = tape.batch_jacobian(z, x).numpy().reshape(3, z.shape[1], -1)
-    sign, expected = np.linalg.slogdet(jac)
-    assert np.all(sign > 0)
-    np.testing.assert_allclose(log_det, expected, rtol=1e-10, atol=1e-10)
-    np.testing.assert_array_equal(layer.forward(x, exact=False)[1], log_det)
-
-
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_every_trainable_weight_gets_a_finite_nonzero_gradient(name, make, shape, scale, perturb):
-    layer = _built(make, shape, perturb)
-    x = tf.constant(_x(shape, 4, scale, seed=3))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        z, log_det = layer.forward(x, training=True)
-        z = tf.reshape(z, [4, -1])
-        nll = -tf.reduce_mean(-0.5 * tf.reduce_sum(z * z, -1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-                              + log_det)
-    grads = tape.gradient(nll, [x] + layer.trainable_weights)
-    expected = {"SmoothLeakyReLU": set(), "LearnableLeakyReLU": {"alpha_logit"},
-                "SplineActivation": {"unnormalized_widths", "unnormalized_heights",
-                                     "unnormalized_derivatives"}}[type(layer).__name__]
+@pytest.mark.parametrize("make,expected", [
+    (SmoothLeakyReLU, set()),
+    (LearnableLeakyReLU, {"alpha_logit"}),
+    (SplineActivation, {"unnormalized_widths", "unnormalized_heights",
+                        "unnormalized_derivatives"}),
+], ids=["SmoothLeakyReLU", "LearnableLeakyReLU", "SplineActivation"])
+def test_trainable_weights(make, expected):
+    layer = make()
+    layer.build((None, 4, 3, 2))
     assert {w.name for w in layer.trainable_weights} == expected
-    for g in grads:
-        assert g is not None
-        g = tf.convert_to_tensor(g).numpy()
-        assert np.all(np.isfinite(g)) and np.any(g != 0)
-
-
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_config_and_keras_file_round_trip(name, make, shape, scale, perturb, tmp_path):
-    layer = _built(make, shape, perturb)
-    x = _x(shape, 3, scale, seed=4)
-    z, log_det = layer.forward(x)
-    clone = type(layer).from_config(layer.get_config())
-    clone.build((None,) + shape)
-    clone.set_weights(layer.get_weights())
-    z2, log_det2 = clone.forward(x)
-    np.testing.assert_array_equal(z2, z)
-    np.testing.assert_array_equal(log_det2, log_det)
-
-    path = str(tmp_path / "layer.keras")
-    keras.Sequential([keras.Input(shape, dtype="float64"), layer]).save(path)
-    loaded = keras.models.load_model(path).layers[0]
-    assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
-    z3, log_det3 = loaded.forward(x)
-    np.testing.assert_array_equal(z3, z)
-    np.testing.assert_array_equal(log_det3, log_det)
-    np.testing.assert_array_equal(loaded.inverse(z), layer.inverse(z))
-
-
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_batch_size_independence(name, make, shape, scale, perturb):
-    layer = _built(make, shape, perturb)
-    x = _x(shape, 7, scale, seed=5)
-    z, log_det = layer.forward(x)
-    z1, log_det1 = layer.forward(x[:1])
-    np.testing.assert_allclose(z1, z[:1], rtol=1e-14, atol=1e-14)
-    np.testing.assert_allclose(log_det1, log_det[:1], rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(layer.inverse(z[:1]), layer.inverse(z)[:1], rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_forward_and_inverse_compile_with_xla(name, make, shape, scale, perturb):
-    layer = _built(make, shape, perturb)
-    x = tf.constant(_x(shape, 3, scale, seed=6))
-    z, log_det = tf.function(layer.forward, jit_compile=True)(x)
-    eager_z, eager_ld = layer.forward(x)
-    np.testing.assert_allclose(z, eager_z, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(log_det, eager_ld, rtol=1e-12, atol=1e-12)
-    # inverse too (SmoothLeakyReLU: the Newton tf.while_loop compiles as an XLA While)
-    x_back = tf.function(layer.inverse, jit_compile=True)(z)
-    np.testing.assert_allclose(x_back, x, rtol=1e-10, atol=1e-10)
-
-
-@pytest.mark.parametrize("name,make,shape,scale,perturb", CASES, ids=IDS)
-def test_bad_input_raises_value_error(name, make, shape, scale, perturb):
-    layer = _built(make, shape, perturb)
-    x = _x(shape, 2, scale)
-    with pytest.raises(ValueError, match="rank"):
-        layer.forward(x[..., None])
-    with pytest.raises(ValueError, match="rank"):
-        make().forward(x[0].reshape(-1))
-    with pytest.raises(ValueError, match="floating-point"):
-        layer.forward(x.astype("int32"))
-    with pytest.raises(ValueError, match="per-example shape"):
-        layer.forward(np.concatenate([x, x], axis=-1))
-    with pytest.raises(ValueError, match="floating-point"):
-        layer.inverse(x.astype("int32"))
 
 
 @pytest.mark.parametrize("make,message", [
@@ -158,7 +54,7 @@ def test_bad_arguments_raise_clear_value_errors(make, message):
         make()
 
 
-# -- SmoothLeakyReLU ------------------------------------------------------------------------------------
+# -- SmoothLeakyReLU ---------------------------------------------------------------------------
 def test_smooth_leaky_relu_matches_the_reference_formula():
     x = np.linspace(-30, 30, 121)[None]
     z, log_det = SmoothLeakyReLU(0.3, dtype="float64").forward(x)
@@ -167,9 +63,10 @@ def test_smooth_leaky_relu_matches_the_reference_formula():
     np.testing.assert_allclose(log_det, [np.sum(np.log(0.3 + 0.7 / (1 + np.exp(-x))))], rtol=1e-13)
 
 
+@pytest.mark.parametrize("alpha", [0.3, 0.1])  # the default, and a flatter negative side
 @pytest.mark.parametrize("dtype,atol", [("float64", 1e-9), ("float32", 1e-4)])
-def test_smooth_leaky_relu_newton_inverse_converges(dtype, atol):
-    layer = SmoothLeakyReLU(dtype=dtype)
+def test_smooth_leaky_relu_newton_inverse_converges(dtype, atol, alpha):
+    layer = SmoothLeakyReLU(alpha, dtype=dtype)
     x = np.concatenate([np.linspace(-60, 60, 241), [-1e-3, 0.0, 1e-3]])[None].astype(dtype)
     y = layer.forward(x)[0]
     x_back, steps, last_step = layer._newton_inverse(y)
@@ -186,7 +83,7 @@ def test_smooth_leaky_relu_newton_respects_the_iteration_cap():
     assert int(steps) == 2 and float(last_step) > 1e-5
 
 
-# -- LearnableLeakyReLU ----------------------------------------------------------------------------------
+# -- LearnableLeakyReLU ------------------------------------------------------------------------
 def test_learnable_leaky_relu_parametrisation():
     layer = LearnableLeakyReLU(dtype="float64")  # reference init: θ = 0 → α = 1 (identity)
     x = np.array([[-2.0, -0.5, 0.0, 3.0]])
@@ -206,7 +103,7 @@ def test_learnable_leaky_relu_initial_alpha():
     np.testing.assert_allclose(float(layer.alpha), 0.7, rtol=1e-14)
 
 
-# -- SplineActivation ---------------------------------------------------------------------------------
+# -- SplineActivation --------------------------------------------------------------------------
 def reference_spline(x, uw, uh, ud, bound=10.0, mw=1e-3, mh=1e-3, md=1e-3):
     """NumPy port of the reference forward spline (linear tails), per element."""
     k = uw.shape[-1]
@@ -242,7 +139,7 @@ def reference_spline(x, uw, uh, ud, bound=10.0, mw=1e-3, mh=1e-3, md=1e-3):
 
 
 def test_spline_matches_a_numpy_port_of_the_reference():
-    layer = _built(lambda: SplineActivation(dtype="float64"), (3, 2), perturb=1.0)
+    layer = _built(lambda: SplineActivation(dtype="float64"), (3, 2), scale=1.0)
     x = _x((3, 2), 6, 6.0, seed=7)
     x[0, 0, 0], x[1, 0, 1] = 12.0, -10.5  # outside the tail bound
     z, log_det = layer.forward(x)
@@ -251,6 +148,21 @@ def test_spline_matches_a_numpy_port_of_the_reference():
                                  layer.unnormalized_derivatives)))
     np.testing.assert_allclose(z, expected_z, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(log_det, expected_ld, rtol=1e-10, atol=1e-12)
+
+
+def test_spline_with_few_bins_and_a_small_tail_bound_matches_the_reference_and_inverts():
+    """Non-default ``num_bins`` and ``tail_bound`` reach the forward and the inverse; most inputs
+    fall in the tails."""
+    layer = _built(lambda: SplineActivation(num_bins=3, tail_bound=3.0, dtype="float64"), (5,),
+                   scale=0.5)
+    x = _x((5,), 6, 3.0, seed=10)
+    z, log_det = layer.forward(x)
+    expected_z, expected_ld = reference_spline(
+        x, *(w.numpy() for w in (layer.unnormalized_widths, layer.unnormalized_heights,
+                                 layer.unnormalized_derivatives)), bound=3.0)
+    np.testing.assert_allclose(z, expected_z, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(log_det, expected_ld, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.inverse(z), x, rtol=1e-10, atol=1e-10)
 
 
 def test_spline_parameters_are_per_element_with_the_reference_init():
@@ -265,11 +177,12 @@ def test_spline_parameters_are_per_element_with_the_reference_init():
 
 def test_spline_boundary_derivatives_are_one_and_tails_are_the_identity():
     # the reference padding constant gives derivative exactly 1 for a zero logit
-    assert 1e-3 + math.log1p(math.exp(math.log(math.expm1(1 - 1e-3)))) == pytest.approx(1, abs=1e-15)
-    for perturb in (0.0, 2.0):  # at init and far from it
-        layer = _built(lambda: SplineActivation(dtype="float64"), (4,), perturb)
+    derivative = 1e-3 + math.log1p(math.exp(math.log(math.expm1(1 - 1e-3))))
+    assert derivative == pytest.approx(1, abs=1e-15)
+    for scale in (0.0, 2.0):  # at init and far from it
+        layer = _built(lambda: SplineActivation(dtype="float64"), (4,), scale)
         _, _, slopes = layer.spline_parameters()
-        if perturb == 0.0:  # interior derivatives start near 1
+        if scale == 0.0:  # interior derivatives start near 1
             np.testing.assert_allclose(slopes, 1.0, atol=0.02)
         eps = 1e-7
         x = tf.constant([[-10 + eps, 10 - eps, -10 - eps, 10 + eps],

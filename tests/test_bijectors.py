@@ -109,7 +109,8 @@ def _fc_model(gradient="self_normalized"):
     rng = np.random.default_rng(1)
     for layer in model.flow_layers:
         if hasattr(layer, "kernel"):
-            layer.kernel.assign(layer.kernel.numpy() + 0.2 * rng.standard_normal(layer.kernel.shape))
+            noise = 0.2 * rng.standard_normal(layer.kernel.shape)
+            layer.kernel.assign(layer.kernel.numpy() + noise)
     _perturb_inverses(model)
     return model, tf.constant(x)
 
@@ -174,7 +175,7 @@ def test_exact_gradients_equal_autodiff_of_exact_likelihood():
         reference_loss = -tf.reduce_mean(log_p)
     reference = tape.gradient(reference_loss, weights)
     _close(loss, reference_loss, 1e-12)
-    for w, g, r in zip(weights, ours, reference):
+    for _w, g, r in zip(weights, ours, reference):
         _close(tf.convert_to_tensor(g), tf.convert_to_tensor(r), 1e-10)
 
 
@@ -339,7 +340,8 @@ def test_real_nvp_plain_function_with_views():
 
     first, second = _dense(5), _dense(6)
     real_nvp = tfb.RealNVP(num_masked=2, shift_and_log_scale_fn=shift_and_log_scale)
-    chain = B.Chain([B.FlowBijector(first, exact=True), real_nvp, B.FlowBijector(second, exact=True)])
+    chain = B.Chain([B.FlowBijector(first, exact=True), real_nvp,
+                     B.FlowBijector(second, exact=True)])
     dist = B.FlowDistribution(tfd.Sample(tfd.Normal(tf.constant(0.0, tf.float64), 1.0), [4]),
                               chain)
     x = tf.constant(rng.standard_normal((6, 4)))

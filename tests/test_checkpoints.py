@@ -1,7 +1,7 @@
-"""Checkpoints are a promise: `.keras` files written by an earlier version (tests/fixtures/checkpoints,
-made by tests/fixtures/make_checkpoints.py and never regenerated) load and give the numbers they
-gave when they were written — exact log-likelihoods (dequantization noise state included) and
-seeded samples through the learned inverses."""
+"""Checkpoints are a promise: `.keras` files written by an earlier version
+(tests/fixtures/checkpoints, made by tests/fixtures/make_checkpoints.py and never regenerated)
+load and give the numbers they gave when they were written — exact log-likelihoods
+(dequantization noise state included) and seeded samples through the learned inverses."""
 
 import json
 import pathlib

@@ -1,11 +1,10 @@
 """The snf-tf command: export and sample (subprocess and in-process), one-line errors, exit 2."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
-
-import json
 
 import matplotlib.image
 import numpy as np
@@ -14,6 +13,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from snf_tf import cli, experiments, models, training
+
+pytestmark = pytest.mark.slow  # CLI runs: one training epoch of every experiment, resume, export
 
 needs_mnist = pytest.mark.skipif(
     not os.path.isdir(os.path.join(os.environ.get("TFDS_DATA_DIR", "/nonexistent"), "mnist")),

@@ -30,7 +30,8 @@ def test_mnist_paper_splits_are_uint8_and_deterministic():
 @needs_mnist
 def test_mnist_augmentation_is_a_one_pixel_shift():
     plain = next(iter(data.load("mnist", "test[:64]", 64))).numpy().astype(int)
-    shifted = next(iter(data.load("mnist", "test[:64]", 64, augment=True, seed=0))).numpy().astype(int)
+    augmented = data.load("mnist", "test[:64]", 64, augment=True, seed=0)
+    shifted = next(iter(augmented)).numpy().astype(int)
     for a, b in zip(plain, shifted):
         candidates = []
         padded = np.pad(a[..., 0], 1, mode="reflect")
@@ -46,7 +47,8 @@ def test_mnist_augmentation_is_a_one_pixel_shift():
 def test_mocked_pipelines(name, shape):
     def as_dataset(self, split, **kwargs):  # mock images of the real resolution
         images = np.random.default_rng(0).integers(0, 256, (30,) + shape, dtype=np.uint8)
-        return tf.data.Dataset.from_tensor_slices({"image": images, "label": np.zeros(30, np.int64)})
+        labels = np.zeros(30, np.int64)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
 
     with tfds.testing.mock_data(num_examples=30, as_dataset_fn=as_dataset):
         batch = next(iter(data.load(name, "train", 8, augment=name == "cifar10")))

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # multi-process and multi-device training
+
 HERE = os.path.join(os.path.dirname(__file__), "distributed")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The scripts run from tests/distributed: put this checkout's snf_tf first (an editable install

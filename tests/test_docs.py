@@ -33,3 +33,15 @@ def test_no_file_cites_documents_outside_the_repository():
             if name in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert not offenders, offenders
+
+
+def test_ruff_is_clean():
+    """The style the repository is written in (pyproject.toml [tool.ruff]) holds everywhere."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).with_name("ruff"))
+    out = subprocess.run([ruff, "check", "snf_tf", "tests", "benchmarks", "examples"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr

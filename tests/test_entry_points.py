@@ -10,8 +10,11 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
-                                reason="oneDNN is switched on by default on x86-64 only")
+pytestmark = [
+    pytest.mark.slow,  # console script and python -m in subprocesses
+    pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                       reason="oneDNN is switched on by default on x86-64 only"),
+]
 
 
 def _env(**overrides):

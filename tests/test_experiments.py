@@ -59,6 +59,7 @@ def _count(model, kind):
     ("conv1x1_glow_imagenet", (32, 32, 3), {L.Conv1x1: 144, L.SplitPrior: 2}),
     ("geco_selfnorm_glow_mnist", (28, 28, 1), {L.SelfNormConv2D: 8}),
 ])
+@pytest.mark.slow
 def test_full_size_models(name, shape, counts):
     model = experiments.build_model(experiments.config(name))
     model.build((None,) + shape)
@@ -95,7 +96,8 @@ def test_configs_are_fresh_dicts():
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("hidden_channels=64", ("hidden_channels", 64)), ("learning_rate=1e-3", ("learning_rate", 1e-3)),
+    ("hidden_channels=64", ("hidden_channels", 64)),
+    ("learning_rate=1e-3", ("learning_rate", 1e-3)),
     ("augment=true", ("augment", True)), ("clipnorm=null", ("clipnorm", None)),
     ("layer=conv", ("layer", "conv"))])
 def test_parse_override(text, expected):

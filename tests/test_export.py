@@ -1,4 +1,5 @@
-""".keras round trips and SavedModel export (snf_tf.export): endpoints, signatures, fresh process."""
+""".keras round trips and SavedModel export (snf_tf.export): endpoints, signatures, fresh
+process."""
 
 import json
 import os
@@ -191,9 +192,10 @@ def test_signatures_have_a_free_batch_dimension(exported, loaded):
 def test_exported_stacks_give_their_exact_log_likelihood(exported, loaded, gradient):
     model, path, x = exported[gradient]
     expected = model.log_prob(x, exact=True).numpy()  # eager; exact layers: live slogdet
-    selfnorm = [l for l in model.flow_layers if hasattr(l, "log_det_cache")]
-    live = [float(l._live_log_abs_det(tf.convert_to_tensor(l.kernel))) for l in selfnorm]
-    np.testing.assert_allclose([float(l.log_det_cache.numpy()) for l in selfnorm], live,
+    selfnorm = [layer for layer in model.flow_layers if layer.has_log_det_cache]
+    live = [float(layer._live_log_abs_det(tf.convert_to_tensor(layer.kernel)))
+            for layer in selfnorm]
+    np.testing.assert_allclose([float(layer.log_det_cache.numpy()) for layer in selfnorm], live,
                                rtol=1e-6, atol=1e-6)
     assert abs(sum(live)) > 1e-3  # training moved the kernels away from det = 1
     np.testing.assert_allclose(loaded[gradient].log_prob(x), expected, rtol=1e-5, atol=1e-4)
@@ -255,6 +257,7 @@ _FRESH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_fresh_process_without_snf_tf(exported, tmp_path):
     jobs = {}
     for name in ("glow", "exact"):
@@ -290,3 +293,24 @@ def test_export_rejects_unbuilt_models(tmp_path):
     with pytest.raises(ValueError, match="built"):
         export.export_saved_model(FlowModel([layers.SelfNormDense()]), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_sampling_from_the_checkpoint_and_its_saved_model_agree_with_two_split_priors(tmp_path):
+    """One walk of the layers (FlowModel.sample) serves both: same seed, same images, whatever
+    the number of SplitPriors (here two: three Glow blocks on 8×8)."""
+    keras.utils.set_random_seed(3)
+    model = models.glow(num_blocks=3, steps_per_block=1, hidden_channels=4, seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(_images(16), batch_size=8, epochs=1, verbose=0)
+    assert sum(layer.samples_on_inverse for layer in model.flow_layers) == 2
+    checkpoint = str(tmp_path / "glow3.keras")
+    model.save(checkpoint)
+    saved = export.export_saved_model(model, str(tmp_path / "glow3"))
+    reloaded, served = export.load_checkpoint(checkpoint), export.load_saved_model(saved)
+    from_checkpoint = reloaded.sample(3, seed=11).numpy()
+    from_saved_model = served.sample(n=3, seed=11).numpy()  # keep `served` alive while it runs
+    np.testing.assert_allclose(from_saved_model, from_checkpoint, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(from_checkpoint, model.sample(3, seed=11), rtol=1e-6, atol=1e-4)
+    other = model.sample(3, seed=12).numpy()
+    assert np.abs(other - from_checkpoint).max() > 1.0  # the seed matters: not a constant

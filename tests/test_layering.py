@@ -63,6 +63,7 @@ def test_no_module_imports_a_higher_floor(path):
             f"(floor {FLOORS[imported]}) from floor {FLOORS[unit]}")
 
 
+@pytest.mark.slow
 def test_import_snf_tf_does_not_load_tensorflow():
     import subprocess
     import sys
@@ -73,6 +74,7 @@ def test_import_snf_tf_does_not_load_tensorflow():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_keras_knows_the_flow_classes_as_soon_as_it_is_loaded():
     """``import snf_tf`` then ``import keras``: the classes are registered for load_model."""
     import subprocess

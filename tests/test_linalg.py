@@ -34,7 +34,8 @@ def test_banded_log_det_and_gradient_equal_numpy(n, bandwidth, diagonal, traced)
     np.testing.assert_allclose(value.numpy(), np.linalg.slogdet(a)[1], rtol=1e-12, atol=1e-12)
     # ∂ log|det A| / ∂A = A⁻ᵀ on the band; entries off the band are taken as zero, not read.
     on_band = np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= bandwidth
-    np.testing.assert_allclose(grad.numpy()[on_band], np.linalg.inv(a).T[on_band], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(grad.numpy()[on_band], np.linalg.inv(a).T[on_band], rtol=1e-9,
+                               atol=1e-11)
 
 
 def test_banded_log_det_weighted_gradient_through_later_blocks():

@@ -1,8 +1,8 @@
 """FlowModel: fit, exact evaluation against NumPy, sampling, save/load, XLA handling."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from snf_tf import FlowModel, SelfNormConv2D, SelfNormDense
@@ -79,7 +79,7 @@ def test_sample_reconstruct_and_diagnostics():
 def _numpy_toeplitz(layer, name):
     """Dense matrix T with vec(conv(x, K)) = vec(x) @ T ('same', stride 1), by explicit loops."""
     kernel = getattr(layer, name).numpy().astype(np.float64)
-    h, w, c = layer.spatial_shape
+    h, w, c = layer.event_shape
     k, p = kernel.shape[0], kernel.shape[0] // 2
     t = np.zeros((h, w, c, h, w, c))
     for i in range(h):
@@ -94,7 +94,7 @@ def _numpy_toeplitz(layer, name):
 def _numpy_reconstruct(model, x):
     """Learned-inverse round trip of a stack of SelfNormConv2D layers, in NumPy (float64)."""
     h = x.reshape(len(x), -1).astype(np.float64)
-    tiled = [np.tile(layer.bias.numpy().astype(np.float64), int(np.prod(layer.spatial_shape[:2])))
+    tiled = [np.tile(layer.bias.numpy().astype(np.float64), int(np.prod(layer.event_shape[:2])))
              for layer in model.flow_layers]
     for layer, bias in zip(model.flow_layers, tiled):
         h = h @ _numpy_toeplitz(layer, "kernel") + bias

@@ -1,10 +1,8 @@
 """snf_tf.models: the paper's architectures, and the exact likelihood against NumPy."""
 
-import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from snf_tf import layers as L
 from snf_tf import models
@@ -25,7 +23,7 @@ def _numpy_fc_log_prob(model, x_dequantized):
     h = (h / 256.0 + ALPHA) * (1 - 2 * ALPHA)
     log_det += np.sum(-np.log(h) - np.log1p(-h), axis=1)
     h = np.log(h) - np.log1p(-h)
-    dense = [l for l in model.flow_layers if isinstance(l, L.SelfNormDense)]
+    dense = [layer for layer in model.flow_layers if isinstance(layer, L.SelfNormDense)]
     for i, layer in enumerate(dense):
         if i:  # smooth leaky ReLU, α = 0.3
             log_det += np.sum(np.log(0.3 + 0.7 / (1 + np.exp(-h))), axis=1)
@@ -53,7 +51,7 @@ def test_fc_flow_exact_log_prob_equals_numpy(gradient):
 def test_conv_flow_structure():
     model = models.conv_flow()
     model.log_prob(_mnist_like(2))
-    kinds = [type(l).__name__ for l in model.flow_layers[4:]]
+    kinds = [type(layer).__name__ for layer in model.flow_layers[4:]]
     assert kinds.count("SelfNormConv2D") == 9 and kinds.count("SplineActivation") == 8
     assert kinds.count("Squeeze") == 2 and kinds[-1] == "SelfNormConv2D"
     assert model.latent_shape == (7, 7, 16)
@@ -67,7 +65,7 @@ def test_glow_structure_mnist_and_cifar():
                         reconstruction_weight=1000.0)
     cifar.log_prob(np.zeros((1, 32, 32, 3), np.uint8))
     assert cifar.latent_shape == (4, 4, 48)  # 12×16² → 6 → 24×8² → 12 → 48×4²
-    splits = [l for l in cifar.flow_layers if isinstance(l, L.SplitPrior)]
+    splits = [layer for layer in cifar.flow_layers if isinstance(layer, L.SplitPrior)]
     assert len(splits) == 2
 
 
@@ -80,6 +78,7 @@ def test_glow_structure_mnist_and_cifar():
     lambda: models.glow("exact", steps_per_block=1, hidden_channels=8),
     lambda: models.glow("selfnorm", steps_per_block=1, hidden_channels=8, kernel_size=5),
 ])
+@pytest.mark.slow
 def test_each_architecture_trains_one_step_and_evaluates(build):
     import keras
     model = build()

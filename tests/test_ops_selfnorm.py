@@ -7,7 +7,8 @@ import tensorflow as tf
 from snf_tf.ops import selfnorm as ops
 
 
-@pytest.mark.parametrize("k,h,w", [(1, 5, 5), (3, 28, 28), (3, 4, 6), (5, 7, 3), (5, 3, 3), (7, 2, 4)])
+@pytest.mark.parametrize("k,h,w", [(1, 5, 5), (3, 28, 28), (3, 4, 6), (5, 7, 3), (5, 3, 3),
+                                   (7, 2, 4)])
 def test_tap_counts_equal_weight_gradient_of_ones(k, h, w):
     ones = tf.ones([1, h, w, 1], tf.float64)
     expected = tf.raw_ops.Conv2DBackpropFilter(

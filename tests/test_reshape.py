@@ -1,9 +1,13 @@
-"""Squeeze, Flatten, Reshape: the reference squeeze order, protocol checks and clear errors."""
+"""Squeeze, Flatten, Reshape: the reference squeeze order, their shapes and clear errors.
+
+The generic checks of every flow layer are in ``test_layer_table.py``.
+"""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import built
 
 from snf_tf.layers.reshape import Flatten, Reshape, Squeeze
 
@@ -30,7 +34,7 @@ def reference_squeeze_nhwc(x):
     return y.transpose(0, 2, 3, 1)
 
 
-# -- the quirk: the reference channel order ---------------------------------------------------------
+# -- the quirk: the reference channel order --------------------------------------------------
 @pytest.mark.parametrize("shape", [(2, 2, 1), (4, 6, 3), (8, 4, 5)])
 def test_squeeze_equals_the_reference_definition(shape):
     x = _x(shape, 3)
@@ -53,19 +57,23 @@ def test_squeeze_differs_from_space_to_depth_when_c_exceeds_1():
                                   tf.nn.space_to_depth(one, 2))
 
 
-# -- protocol --------------------------------------------------------------------------------------
+# -- shapes and the permutation (round trips, gradients, files, bad input: test_layer_table.py) ---
 @pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_round_trip_and_output_shape(name, make, shape, out):
+def test_output_shape_and_exact_round_trip(name, make, shape, out):
+    """Each way of reshaping (C = 1, a -1, rank 2 → 4) gives its shape, in Keras too, and
+    undoes exactly."""
     layer = make()
     x = _x(shape, 5)
     z, _ = layer.forward(x)
     assert tuple(z.shape) == (5,) + out
     assert tuple(layer.compute_output_shape((None,) + shape)) == (None,) + out
+    assert tuple(keras.Sequential([keras.Input(shape, dtype="float64"), make()]).output_shape) \
+        == (None,) + out
     np.testing.assert_array_equal(layer.inverse(z), x)
 
 
 @pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_log_det_is_zero_and_the_jacobian_a_permutation(name, make, shape, out):
+def test_jacobian_is_a_permutation_and_the_log_det_exactly_zero(name, make, shape, out):
     layer = make()
     x = tf.constant(_x(shape, 3, seed=2))
     with tf.GradientTape() as tape:
@@ -73,14 +81,14 @@ def test_log_det_is_zero_and_the_jacobian_a_permutation(name, make, shape, out):
         z, log_det = layer.forward(x)
         z = tf.reshape(z, [3, -1])
     jac = tape.batch_jacobian(z, x).numpy().reshape(3, z.shape[1], -1)
-    np.testing.assert_allclose(log_det, np.linalg.slogdet(jac)[1], atol=1e-12)
     np.testing.assert_array_equal(log_det, np.zeros(3))
+    assert set(np.unique(jac)) == {0.0, 1.0}
     np.testing.assert_array_equal(jac.sum(1), np.ones_like(jac.sum(1)))  # one 1 per row and column
     np.testing.assert_array_equal(jac.sum(2), np.ones_like(jac.sum(2)))
 
 
 @pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_no_trainable_weights_and_gradient_flows(name, make, shape, out):
+def test_no_trainable_weights_and_the_gradient_is_permuted_back(name, make, shape, out):
     layer = make()
     x = tf.constant(_x(shape, 4, seed=3))
     with tf.GradientTape() as tape:
@@ -91,76 +99,18 @@ def test_no_trainable_weights_and_gradient_flows(name, make, shape, out):
     np.testing.assert_allclose(tape.gradient(loss, x), x.numpy() / 4, rtol=1e-14)
 
 
-@pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_config_and_keras_file_round_trip(name, make, shape, out, tmp_path):
-    layer = make()
-    x = _x(shape, 3, seed=4)
-    z, log_det = layer.forward(x)
-    clone = type(layer).from_config(layer.get_config())
-    z2, log_det2 = clone.forward(x)
-    np.testing.assert_array_equal(z2, z)
-    np.testing.assert_array_equal(log_det2, log_det)
-
-    path = str(tmp_path / "layer.keras")
-    model = keras.Sequential([keras.Input(shape, dtype="float64"), layer])
-    assert tuple(model.output_shape) == (None,) + out
-    model.save(path)
-    loaded = keras.models.load_model(path).layers[0]
-    assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
-    np.testing.assert_array_equal(loaded.inverse(z), x)  # the shape to restore came with the file
-    z3, log_det3 = loaded.forward(x)
-    np.testing.assert_array_equal(z3, z)
-    np.testing.assert_array_equal(log_det3, log_det)
-
-
-@pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_batch_size_independence(name, make, shape, out):
-    layer = make()
-    x = _x(shape, 7, seed=5)
-    z, log_det = layer.forward(x)
-    z1, log_det1 = layer.forward(x[:1])
-    np.testing.assert_array_equal(z1, z[:1])
-    np.testing.assert_array_equal(log_det1, log_det[:1])
-
-
-@pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_forward_and_inverse_compile_with_xla(name, make, shape, out):
-    layer = make()
-    x = tf.constant(_x(shape, 3, seed=6))
-    z, log_det = tf.function(layer.forward, jit_compile=True)(x)
-    np.testing.assert_array_equal(z, layer.forward(x)[0])
-    np.testing.assert_array_equal(tf.function(layer.inverse, jit_compile=True)(z), x)
-
-
-@pytest.mark.parametrize("name,make,shape,out", CASES, ids=IDS)
-def test_bad_input_raises_value_error(name, make, shape, out):
-    layer = make()
-    x = _x(shape, 2)
-    layer.forward(x)
-    with pytest.raises(ValueError, match="rank"):
-        layer.forward(x[..., None])
-    with pytest.raises(ValueError, match="floating-point"):
-        layer.forward(x.astype("int32"))
-    with pytest.raises(ValueError, match="per-example shape"):
-        layer.forward(np.concatenate([x, x], axis=-1))
-    z = layer.forward(x)[0].numpy()
-    with pytest.raises(ValueError, match="rank"):
-        layer.inverse(z[..., None])
-    with pytest.raises(ValueError, match="floating-point"):
-        layer.inverse(z.astype("int32"))
-
-
-# -- clear errors specific to these layers ------------------------------------------------------------
+# -- clear errors specific to these layers ----------------------------------------------------
 BAD = [
     ("odd height", lambda: Squeeze().forward(tf.zeros((1, 3, 4, 2))), "even height and width"),
     ("odd width", lambda: Squeeze().forward(tf.zeros((1, 4, 5, 2))), "even height and width"),
     ("odd size at build", lambda: Squeeze().build((None, 28, 7, 4)), "even height and width"),
-    ("squeeze rank 3", lambda: Squeeze().forward(tf.zeros((1, 4, 4))), "rank 4"),
     ("unsqueeze channels", lambda: Squeeze().inverse(tf.zeros((1, 2, 2, 6))), "multiple of 4"),
-    ("squeeze wrong latent", lambda: _built(Squeeze(), (None, 4, 4, 2)).inverse(tf.zeros((1, 2, 2, 12))),
+    ("squeeze wrong latent",
+     lambda: built(Squeeze(), (None, 4, 4, 2)).inverse(tf.zeros((1, 2, 2, 12))),
      "per-example shape"),
-    ("flatten inverse before build", lambda: Flatten().inverse(tf.zeros((1, 4))), "shape to restore"),
-    ("flatten wrong latent", lambda: _built(Flatten(), (None, 2, 3)).inverse(tf.zeros((1, 5))),
+    ("flatten inverse before build", lambda: Flatten().inverse(tf.zeros((1, 4))),
+     "shape to restore"),
+    ("flatten wrong latent", lambda: built(Flatten(), (None, 2, 3)).inverse(tf.zeros((1, 5))),
      "per-example shape"),
     ("reshape size mismatch", lambda: Reshape((5,)).build((None, 2, 3)), "keep the dimension"),
     ("reshape indivisible", lambda: Reshape((4, -1)).build((None, 2, 3)), "cannot reshape"),
@@ -170,11 +120,6 @@ BAD = [
     ("flatten unknown dims", lambda: Flatten().build((None, None, 3)), "fully known"),
     ("no batch axis", lambda: Flatten().build((5,)), "rank >= 2"),
 ]
-
-
-def _built(layer, shape):
-    layer.build(shape)
-    return layer
 
 
 @pytest.mark.parametrize("name,action,message", BAD, ids=[b[0] for b in BAD])

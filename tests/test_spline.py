@@ -31,8 +31,9 @@ def _inputs(weights, batch=40, seed=1, on_knots=True):
     x = rng.normal(0, 6, (batch, elements))
     if not on_knots:
         return tf.constant(x)
-    special = np.concatenate([knots.T, np.full((1, elements), -BOUND), np.full((1, elements), BOUND),
-                              np.zeros((1, elements)), np.full((1, elements), 2 * BOUND),
+    special = np.concatenate([knots.T, np.full((1, elements), -BOUND),
+                              np.full((1, elements), BOUND), np.zeros((1, elements)),
+                              np.full((1, elements), 2 * BOUND),
                               np.full((1, elements), -2 * BOUND),
                               np.nextafter(knots.T, np.inf), np.nextafter(knots.T, -np.inf)])
     return tf.constant(np.concatenate([x, special]))
@@ -85,7 +86,8 @@ def test_forward_log_det_and_gradients_equal_tfp(mode, scale):
     xla_step = mode == "traced_xla_step"
     x = _inputs(weights, on_knots=not xla_step)
     rng = np.random.default_rng(2)
-    coefficients = [tf.constant(rng.normal(size=x.shape)), tf.constant(rng.normal(size=x.shape[:1]))]
+    coefficients = [tf.constant(rng.normal(size=x.shape)),
+                    tf.constant(rng.normal(size=x.shape[:1]))]
     wrap = MODES["traced" if mode == "traced_no_xla_kernels" else mode]
     ours = wrap(lambda x, w: _with_gradients(_ours_forward, x, w, coefficients))
     with S.xla_kernels(mode != "traced_no_xla_kernels"):

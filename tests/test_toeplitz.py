@@ -7,7 +7,8 @@ import tensorflow as tf
 from snf_tf.ops import toeplitz
 
 # k, H, W, C; the last two have enough rows of blocks for the banded LU (3 and 7 blocks)
-CASES = [(1, 2, 3, 3), (3, 4, 4, 1), (3, 3, 5, 2), (5, 4, 4, 3), (5, 2, 3, 2), (5, 6, 6, 2), (3, 8, 8, 2)]
+CASES = [(1, 2, 3, 3), (3, 4, 4, 1), (3, 3, 5, 2), (5, 4, 4, 3), (5, 2, 3, 2), (5, 6, 6, 2),
+         (3, 8, 8, 2)]
 
 
 def _kernel(k, c, rng):

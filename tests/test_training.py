@@ -16,6 +16,8 @@ import tensorflow as tf
 
 from snf_tf import training
 
+pytestmark = pytest.mark.slow  # run folders, SIGKILL and resume
+
 needs_mnist = pytest.mark.skipif(
     not os.path.isdir(os.path.join(os.environ.get("TFDS_DATA_DIR", "/nonexistent"), "mnist")),
     reason="real MNIST (../shared/tensorflow_datasets) not available")

@@ -16,10 +16,10 @@ What is measured, per model (the reference configs of :mod:`snf_tf.experiments`,
   by a training-mode forward pass over the same images (cheap log-dets and reconstruction
   losses, no gradient), timed ``--eval-rounds`` times.
 
-Every model is built, compiled and warmed up first (tracing and XLA compilation are not timed).
-The models are then timed round-robin — one step of each per round, order rotated — so machine
-noise hits them alike; medians and quartiles are reported. The paper's numbers (GTX 1080Ti,
-PyTorch; docs/paper.md: results Table 3) are printed beside ours; compare ratios, not absolute times.
+Every model is built, compiled and warmed up first (tracing and XLA compilation are not timed). The
+models are then timed round-robin — one step of each per round, order rotated — so machine noise
+hits them alike; medians and quartiles are reported. The paper's numbers (GTX 1080Ti, PyTorch;
+docs/paper.md: results Table 3) are printed beside ours; compare ratios, not absolute times.
 
     snf-tf bench models                      # ≈ 10-20 min on a 2-core CPU
     snf-tf bench models --quick              # FC and conv models only, 3 rounds

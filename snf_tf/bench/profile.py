@@ -18,10 +18,10 @@ What is timed (batch 100 of real MNIST when tfds has it, else noise images; medi
   a ``tf.function`` at all (measured with a trivial one) is subtracted from each layer's time.
 
 The **roofline** column: FLOPs of the convs, matmuls and dense linear algebra (slogdet, solves)
-counted analytically from the shapes in the traced forward graph (training: 3× the forward's,
-the usual forward + two backward products; ``tf.cond`` branches are not counted), divided by the conv and matmul throughput measured
-in the same run; ``× floor`` is measured time ÷ that compute floor (1 = compute-bound at the
-machine's peak; large = time goes to memory traffic and per-op overhead).
+counted analytically from the shapes in the traced forward graph (training: 3× the forward's, the
+usual forward + two backward products; ``tf.cond`` branches are not counted), divided by the conv
+and matmul throughput measured in the same run; ``× floor`` is measured time ÷ that compute floor
+(1 = compute-bound at the machine's peak; large = time goes to memory traffic and per-op overhead).
 """
 
 import argparse
@@ -126,7 +126,7 @@ def machine_throughput(rounds=5):
     return result
 
 
-# -- timing -----------------------------------------------------------------------------------------
+# -- timing ----------------------------------------------------------------------------------------
 def _images(batch):
     from snf_tf.bench.models import _images
 
@@ -256,7 +256,8 @@ def profile(name, overrides=None, batch=100, rounds=10, warmup=2):
     peak = machine_throughput()
 
     def floor_ms(flops):
-        return 1e3 * (flops["conv"] / (peak["conv"] * 1e9) + flops["matmul"] / (peak["matmul"] * 1e9))
+        return 1e3 * (flops["conv"] / (peak["conv"] * 1e9)
+                      + flops["matmul"] / (peak["matmul"] * 1e9))
 
     layers = []
     for i, (layer, _, _, layer_input) in enumerate(runners):
@@ -294,7 +295,7 @@ def profile(name, overrides=None, batch=100, rounds=10, warmup=2):
     return result
 
 
-# -- report -----------------------------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------------------
 def _print(result, by_layer):
     step, evaluation = result["train_step_ms"], result["eval_batch_ms"]
     print(f"{result['experiment']}  batch {result['batch']}  XLA step: {result['xla_step']}")

@@ -115,7 +115,8 @@ class LearnableLeakyReLU(FlowLayer):
         alpha = float(alpha)
         if not 0.5 < alpha < 1.5:
             raise ValueError(
-                f"LearnableLeakyReLU: alpha must be in (0.5, 1.5) (α = 0.5 + sigmoid(θ)), got {alpha}."
+                "LearnableLeakyReLU: alpha must be in (0.5, 1.5) (α = 0.5 + sigmoid(θ)), "
+                f"got {alpha}."
             )
         self.initial_alpha = alpha
 
@@ -155,9 +156,10 @@ class LearnableLeakyReLU(FlowLayer):
 class SplineActivation(FlowLayer):
     r"""Elementwise rational-quadratic spline with its own parameters for every input element.
 
-    Keller et al., ICML 2021 (``docs/paper.md``; reference ``SplineActivation(individual_weights=True)``
-    with Durkan et al.'s ``unconstrained_rational_quadratic_spline``, linear tails). On
-    ``[−B, B]`` (``tail_bound`` B = 10) a monotone spline with K = 5 bins, the identity outside.
+    Keller et al., ICML 2021 (``docs/paper.md``; reference
+    ``SplineActivation(individual_weights=True)`` with Durkan et al.'s
+    ``unconstrained_rational_quadratic_spline``, linear tails). On ``[−B, B]`` (``tail_bound``
+    B = 10) a monotone spline with K = 5 bins, the identity outside.
     Per element, from unconstrained ``u_w, u_h ∈ ℝ^K`` and ``u_d ∈ ℝ^{K−1}``:
 
     .. math::

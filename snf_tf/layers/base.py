@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["FlowLayer", "NonFiniteError", "check_batch_values", "check_event_shape",
-           "check_float_policy", "check_positive_int", "draw", "in_xla_context", "orthogonal_1x1_init",
-           "sum_per_example", "warn_if_singular"]
+           "check_float_policy", "check_positive_int", "draw", "in_xla_context",
+           "orthogonal_1x1_init", "sum_per_example", "warn_if_singular"]
 
 _NHWC = "NHWC: [batch, height, width, channels]"
 
@@ -51,17 +51,17 @@ class FlowLayer(keras.layers.Layer):
     below are final: they check their arguments once (build, rank, shape, dtype, finite values)
     and call the subclass hooks, so a layer implements only its math.
 
-    ==================================================  =============================================
+    ==================================================  ============================================
     public (do not override)                            hook a subclass implements
-    ==================================================  =============================================
+    ==================================================  ============================================
     ``build(input_shape)``                              ``_build_for_shape(event_shape)``
-    ``forward(x, exact, training, noise, seed)``        ``_forward(x, exact, training) -> (z, log_det)``
-    → ``(z, log_det [batch])``
+    ``forward(x, exact, training, noise, seed)``        ``_forward(x, exact, training)``
+    → ``(z, log_det [batch])``                          ``-> (z, log_det)``
     ``forward_with_reconstruction(...)``                ``_forward_with_reconstruction`` (learned
     → ``(z, log_det, λ·reconstruction or None)``        inverses only)
     ``inverse(z, exact, temperature, seed)`` → ``x``    ``_inverse(z, exact) -> x``
     ``exact_log_abs_det(event_shape=None)``             (``constant_jacobian`` layers)
-    ==================================================  =============================================
+    ==================================================  ============================================
 
     ``log_det`` is ``log|det ∂z/∂x|`` in nats per example (a scalar from ``_forward`` is broadcast
     to ``[batch]``). ``exact=False`` is the cheap training path (SNF layers: value 0 with the
@@ -218,7 +218,8 @@ class FlowLayer(keras.layers.Layer):
         raise NotImplementedError(f"{type(self).__name__} must implement _inverse()")
 
     def reconstruction_loss(self, x: Tensor) -> tf.Tensor:
-        """λ-weighted reconstruction loss of the learned inverse; 0 for exactly invertible layers."""
+        """λ-weighted reconstruction loss of the learned inverse;
+        0 for exactly invertible layers."""
         return tf.zeros([], dtype=self.compute_dtype)
 
     def exact_log_abs_det(self, event_shape: tuple | None = None) -> tf.Tensor:
@@ -255,7 +256,7 @@ class FlowLayer(keras.layers.Layer):
         """Hook: map the variables of files written by earlier versions (see SelfNorm layers)."""
         super().load_own_variables(store)
 
-    # -- argument checks ----------------------------------------------------------------------------
+    # -- argument checks ---------------------------------------------------------------------------
     def _check_input(self, x, name="x"):
         """``x`` (or ``z``) as a tensor of the layer's dtype, with a clear error for bad input."""
         if not tf.is_tensor(x):
@@ -323,8 +324,8 @@ def check_float_policy(layer):
     policy = layer.dtype_policy
     if policy.compute_dtype != policy.variable_dtype:
         raise ValueError(
-            f"{type(layer).__name__}: mixed precision ({policy.name}) is not supported: the log-det "
-            "and the exact inverse need the weights' precision. Use float32 or float64."
+            f"{type(layer).__name__}: mixed precision ({policy.name}) is not supported: the "
+            "log-det and the exact inverse need the weights' precision. Use float32 or float64."
         )
     if policy.compute_dtype not in SUPPORTED_DTYPES:
         raise ValueError(

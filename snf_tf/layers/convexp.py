@@ -8,7 +8,6 @@ Flows*, ICML 2021 (docs/paper.md: experiments, layer details).
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from snf_tf.layers.base import FlowLayer, check_positive_int, warn_if_singular

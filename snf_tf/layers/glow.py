@@ -1,8 +1,9 @@
-"""Glow building blocks: ActNorm, the exact invertible 1×1 convolution, affine coupling, split prior.
+"""Glow building blocks: ActNorm, the exact invertible 1×1 convolution, affine coupling,
+split prior.
 
 Kingma & Dhariwal, *Glow*, NeurIPS 2018, as used by the Glow baselines and the SNF-Glow models of
-Keller et al., *Self Normalizing Flows*, ICML 2021, §5 (docs/paper.md: experiments, layer details give the exact reference
-definitions reproduced here, quirks included). All layers are NHWC.
+Keller et al., *Self Normalizing Flows*, ICML 2021, §5 (docs/paper.md: experiments, layer details
+give the exact reference definitions reproduced here, quirks included). All layers are NHWC.
 """
 
 import math
@@ -11,8 +12,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import (FlowLayer, check_positive_int, draw, orthogonal_1x1_init,
-                                warn_if_singular)
+from snf_tf.layers.base import (
+    FlowLayer,
+    check_positive_int,
+    draw,
+    orthogonal_1x1_init,
+    warn_if_singular,
+)
 from snf_tf.ops.linalg import log_abs_det_qr
 
 __all__ = ["ActNorm", "Conv1x1", "AffineCoupling", "SplitPrior"]
@@ -43,9 +49,9 @@ class ActNorm(_NHWCLayer):
     .. math::
         y = (x - t)\,e^{-\log s},\qquad \log|\det ∂y/∂x| = -H·W·\textstyle\sum_c \log s_c .
 
-    Kingma & Dhariwal 2018, §3.1; reference ``snf/layers/actnorm.py`` (docs/paper.md: layer details). Weights:
-    ``bias`` = t and ``log_scale`` = log s, both [C], zero-initialised, and the non-trainable
-    boolean ``initialized``, saved with the layer.
+    Kingma & Dhariwal 2018, §3.1; reference ``snf/layers/actnorm.py`` (docs/paper.md: layer
+    details). Weights: ``bias`` = t and ``log_scale`` = log s, both [C], zero-initialised, and the
+    non-trainable boolean ``initialized``, saved with the layer.
 
     Data-dependent init: the first ``forward(x, training=True)`` while ``initialized`` is False sets
     ``t`` = per-channel mean and ``log s`` = log(std + 1e-8) of that batch over N, H, W, and sets
@@ -102,7 +108,8 @@ class ActNorm(_NHWCLayer):
         return mean, tf.math.log(std + 1e-8)
 
     def initialize(self, x):
-        """Set ``bias``/``log_scale`` from the statistics of ``x`` and mark the layer initialised."""
+        """Set ``bias``/``log_scale`` from the statistics of ``x`` and mark the layer
+        initialised."""
         x = self._check_input(x)
         mean, log_std = self._statistics(x)
         self.bias.assign(tf.cast(mean, self.bias.dtype))
@@ -157,8 +164,9 @@ class Conv1x1(_NHWCLayer):
     .. math::
         \log|\det ∂z/∂x| = H·W·\log|\det W|,\qquad x = z\,W^{-1}.
 
-    Kingma & Dhariwal 2018, §3.2; reference ``snf/layers/conv1x1.py`` (docs/paper.md: layer details): no bias,
-    random orthogonal init (Q of a QR decomposition), inverse by a matrix inverse. The weight ``kernel`` is HWIO [1, 1, C, C] — the layout of ``SelfNormConv2D(1)``, the
+    Kingma & Dhariwal 2018, §3.2; reference ``snf/layers/conv1x1.py`` (docs/paper.md: layer
+    details): no bias, random orthogonal init (Q of a QR decomposition), inverse by a matrix
+    inverse. The weight ``kernel`` is HWIO [1, 1, C, C] — the layout of ``SelfNormConv2D(1)``, the
     SNF replacement of this layer — with ``z = conv2d(x, kernel)``.
 
     Trained with plain autodiff through ``log|det W| = Σ log|diag R|`` of ``W = QR`` (O(C³) per
@@ -222,9 +230,9 @@ class AffineCoupling(_NHWCLayer):
         z = [x_1,\; x_2 e^{\log s} + t],\qquad \log|\det| = \textstyle\sum \log s,
 
     with x₁ the first C/2 channels (unchanged) and x₂ the rest. Kingma & Dhariwal 2018, §3.3;
-    reference ``snf/layers/coupling.py`` (docs/paper.md: layer details). NN = Conv3×3(C/2 → hidden, same) → ReLU →
-    Conv1×1(hidden → hidden) → ReLU → Conv2dZero(hidden → C, 3×3, same), the last one zero-
-    initialised with its output multiplied by exp(3·logs), logs a zero-initialised per-channel
+    reference ``snf/layers/coupling.py`` (docs/paper.md: layer details). NN = Conv3×3(C/2 → hidden,
+    same) → ReLU → Conv1×1(hidden → hidden) → ReLU → Conv2dZero(hidden → C, 3×3, same), the last one
+    zero-initialised with its output multiplied by exp(3·logs), logs a zero-initialised per-channel
     weight (``zero_logs``). The first two convs use PyTorch's default init. Scale and shift are
     *interleaved*: log-scale from the even output channels, shift from the odd ones.
 
@@ -244,8 +252,9 @@ class AffineCoupling(_NHWCLayer):
         channels = event_shape[-1]
         if channels % 2 or channels < 2:
             raise ValueError(
-                f"{self.name}: {type(self).__name__} splits the channels in two halves and needs an "
-                f"even channel count, got C = {channels}. Squeeze first (C → 4C) or pad the input."
+                f"{self.name}: {type(self).__name__} splits the channels in two halves and needs "
+                f"an even channel count, got C = {channels}. Squeeze first "
+                "(C → 4C) or pad the input."
             )
         half, hidden = channels // 2, self.hidden_channels
         self.conv_in = _torch_default_conv(hidden, 3, 9 * half, self.dtype_policy, "conv_in")
@@ -262,7 +271,8 @@ class AffineCoupling(_NHWCLayer):
         self.zero_logs = self.add_weight(name="zero_logs", shape=(channels,), initializer="zeros")
 
     def scale_and_shift(self, x1):
-        """``(log s, t)`` of the network at the conditioning half ``x1`` (each with C/2 channels)."""
+        """``(log s, t)`` of the network at the conditioning half ``x1``
+        (each with C/2 channels)."""
         h = tf.nn.relu(self.conv_in(x1))
         h = tf.nn.relu(self.conv_hidden(h))
         h = self.conv_zero(h) * tf.exp(3.0 * tf.convert_to_tensor(self.zero_logs))
@@ -299,10 +309,11 @@ class SplitPrior(_NHWCLayer):
         y = \mathrm{coupling}(x),\quad z = y_{[:C/2]},\quad
         \log\text{-det} = \log|\det ∂y/∂x| + \log\mathcal N(y_{[C/2:]};\,0, I).
 
-    Dinh et al. 2017 / Kingma & Dhariwal 2018; reference ``snf/layers/splitprior.py`` (docs/paper.md: layer details):
-    an :class:`AffineCoupling` on the full tensor, then the first C/2 channels go on and the rest
-    are scored under a *standard* normal (not a learned conditional prior). The returned "log-det"
-    therefore includes a log-density and the layer is not square: output channels = C/2.
+    Dinh et al. 2017 / Kingma & Dhariwal 2018; reference ``snf/layers/splitprior.py``
+    (docs/paper.md: layer details): an :class:`AffineCoupling` on the full tensor, then the first
+    C/2 channels go on and the rest are scored under a *standard* normal (not a learned conditional
+    prior). The returned "log-det" therefore includes a log-density and the layer is not square:
+    output channels = C/2.
 
     Inverse: ``inverse(z, exact=False, temperature=1.0, seed=None)`` samples the dropped half from
     N(0, T²I) (seeds as :func:`snf_tf.layers.base.draw`: None = the layer's own

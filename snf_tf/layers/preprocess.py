@@ -1,7 +1,7 @@
 """Preprocessing as flow layers: dequantization, affine normalisation and the logit transform.
 
-Keller et al., ICML 2021, common image pipeline (``docs/paper.md``): uint8 pixels ``x ∈ {0..255}^D`` →
-``Dequantize`` (x + u) → ``Normalize(0, 256)`` (x / 256) → ``Normalize.logit_prescaling(1e-6)``
+Keller et al., ICML 2021, common image pipeline (``docs/paper.md``): uint8 pixels ``x ∈ {0..255}^D``
+→ ``Dequantize`` (x + u) → ``Normalize(0, 256)`` (x / 256) → ``Normalize.logit_prescaling(1e-6)``
 ((x + α)(1 − 2α)) → ``Logit``. Their log-dets count in the likelihood, so the NLL is in nats of the
 density on ``[0, 256)^D``.
 """
@@ -30,9 +30,9 @@ def _num_features(x):
 class Dequantize(FlowLayer):
     r"""Uniform dequantization ``z = x + u``, ``u ~ U[0, 1)^D``, with log-det 0.
 
-    Keller et al., ICML 2021 (docs/paper.md: image pipeline, step 2; reference ``Dequantization`` with a uniform
-    noise distribution, ``log q(u) = 0``). Turns integer data into a continuous variable whose
-    density on ``[0, 256)^D`` lower-bounds the discrete likelihood:
+    Keller et al., ICML 2021 (docs/paper.md: image pipeline, step 2; reference ``Dequantization``
+    with a uniform noise distribution, ``log q(u) = 0``). Turns integer data into a continuous
+    variable whose density on ``[0, 256)^D`` lower-bounds the discrete likelihood:
 
     .. math::
         \log P(x) \ge \mathbb{E}_{u}\,\log p(x + u),\qquad \log|\det ∂z/∂x| = 0.
@@ -92,8 +92,8 @@ class Dequantize(FlowLayer):
 class Normalize(FlowLayer):
     r"""Fixed affine map ``z = (x − translation) / scale`` with ``log|det| = −D·log(scale)``.
 
-    Keller et al., ICML 2021 (docs/paper.md: image pipeline, steps 3-4; reference ``Normalization(translation,
-    scale)``). The paper's pipeline uses two of them:
+    Keller et al., ICML 2021 (docs/paper.md: image pipeline, steps 3-4; reference
+    ``Normalization(translation, scale)``). The paper's pipeline uses two of them:
 
     - ``Normalize(0, 256)``: ``z = x / 256``, log-det ``−D·log 256``;
     - ``Normalize.logit_prescaling(α=1e-6)`` = ``Normalize(−α, 1/(1−2α))``:

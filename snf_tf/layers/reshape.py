@@ -1,7 +1,7 @@
 """Volume-preserving rearrangements: 2×2 squeeze (space-to-channels), flatten and reshape.
 
-Keller et al., ICML 2021 (``docs/paper.md``, "Squeeze"): the multi-scale conv and Glow models squeeze
-between blocks. All layers here permute or regroup elements, so ``log|det| = 0``.
+Keller et al., ICML 2021 (``docs/paper.md``, "Squeeze"): the multi-scale conv and Glow models
+squeeze between blocks. All layers here permute or regroup elements, so ``log|det| = 0``.
 """
 
 import keras
@@ -120,7 +120,8 @@ class Reshape(_Rearrangement):
             target = tuple(int(d) for d in target_shape)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{type(self).__name__}: target_shape must be a tuple of ints, got {target_shape!r}."
+                f"{type(self).__name__}: target_shape must be a tuple of ints, "
+                f"got {target_shape!r}."
             ) from None
         if not target or any(d == 0 or d < -1 for d in target) or target.count(-1) > 1:
             raise ValueError(

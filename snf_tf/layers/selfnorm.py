@@ -51,12 +51,14 @@ class _SelfNormLayer(FlowLayer):
         super().__init__(**kwargs)
         if gradient not in self._gradients:
             raise ValueError(
-                f"{type(self).__name__}: gradient must be one of {self._gradients}, got {gradient!r}."
+                f"{type(self).__name__}: gradient must be one of {self._gradients}, "
+                f"got {gradient!r}."
             )
         weight = float(reconstruction_weight)
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(
-                f"{type(self).__name__}: reconstruction_weight must be finite and >= 0, got {weight}."
+                f"{type(self).__name__}: reconstruction_weight must be finite and >= 0, "
+                f"got {weight}."
             )
         if reconstruction not in _RECONSTRUCTIONS:
             raise ValueError(
@@ -142,7 +144,9 @@ class _SelfNormLayer(FlowLayer):
     def refresh_log_det(self):
         """Recompute the exact ``log|det|`` into the cache (outside XLA) and return it."""
         if not self.built:
-            raise ValueError(f"{self.name}: build the layer (call it once) before refresh_log_det().")
+            raise ValueError(
+                f"{self.name}: build the layer (call it once) before refresh_log_det()."
+            )
         kernel = tf.convert_to_tensor(self.kernel)
         if tf.executing_eagerly():  # one traced call, not the banded LU op by op
             traced = self.__dict__.get("_traced_log_abs_det")
@@ -204,7 +208,8 @@ class _SelfNormLayer(FlowLayer):
             return tf.identity(cache), grad
 
         if tf.executing_eagerly():
-            return cached(kernel) if bool(self._cache_is_fresh()) else self._live_log_abs_det(kernel)
+            return (cached(kernel) if bool(self._cache_is_fresh())
+                    else self._live_log_abs_det(kernel))
         return tf.cond(self._cache_is_fresh(), lambda: cached(kernel),
                        lambda: self._live_log_abs_det(kernel))
 
@@ -302,9 +307,11 @@ class SelfNormDense(_SelfNormLayer):
         units: optional; if given it must equal the input dimension D (the layer is square).
         gradient: ``"self_normalized"`` (default), ``"exact"`` (autodiff through ``slogdet(W)``,
             the paper's exact-gradient baseline) or ``"relative"`` (Gresele et al., NeurIPS 2020:
-            Euclidean gradient right-multiplied by ``WᵀW``). Only the SNF mode has ``inverse_kernel``.
+            Euclidean gradient right-multiplied by ``WᵀW``). Only the SNF mode has
+            ``inverse_kernel``.
         reconstruction_weight: λ of the reconstruction loss (SNF mode).
-        reconstruction: ``"default"``, ``"symmetric"`` or ``"only_inverse"`` (paper §3, code options).
+        reconstruction: ``"default"``, ``"symmetric"`` or ``"only_inverse"`` (paper §3, code
+            options).
 
     Weights: ``kernel`` [D, D] with ``z = x @ kernel + bias`` (initialised to I), ``bias``
     (N(0, std(I)²)), ``inverse_kernel`` with ``x ≈ (z − bias) @ inverse_kernel`` (I).
@@ -317,8 +324,8 @@ class SelfNormDense(_SelfNormLayer):
                  reconstruction="default", **kwargs):
         super().__init__(gradient=gradient, reconstruction_weight=reconstruction_weight,
                          reconstruction=reconstruction, **kwargs)
-        if units is not None and (isinstance(units, bool) or not isinstance(units, (int, np.integer))
-                                  or units < 1):
+        if units is not None and (isinstance(units, bool)
+                                  or not isinstance(units, (int, np.integer)) or units < 1):
             raise ValueError(f"SelfNormDense: units must be a positive int or None, got {units!r}.")
         self.units = None if units is None else int(units)
 
@@ -376,22 +383,24 @@ class SelfNormConv2D(_SelfNormLayer):
 
     Keller et al., ICML 2021, §3.2 and appendix A.2. 'same' padding, stride 1, C → C channels,
     NHWC. The learned inverse is the conv ``x ≈ r ⋆ (z − b)``; the log-det gradient of the
-    Toeplitz matrix ``T(w)`` is replaced by ``flip(r) ⊙ m``, with ``flip`` the transposed-conv kernel
-    and ``m`` the number of positions each kernel tap touches:
+    Toeplitz matrix ``T(w)`` is replaced by ``flip(r) ⊙ m``, with ``flip`` the transposed-conv
+    kernel and ``m`` the number of positions each kernel tap touches:
 
     .. math::
-        ∂L/∂w = ½(δ_z ⋆ x − flip(r)⊙m) + ∂_w rec,\quad ∂L/∂r = ½(−δ_x ⋆ (z−b) + flip(w)⊙m) + ∂_r rec.
+        ∂L/∂w = ½(δ_z ⋆ x − flip(r)⊙m) + ∂_w rec,\quad
+        ∂L/∂r = ½(−δ_x ⋆ (z−b) + flip(w)⊙m) + ∂_r rec.
 
     The exact log-det is ``H·W·log|det w|`` for 1×1 kernels and ``log|det T(w)|`` otherwise.
 
     Args:
         kernel_size: odd int (1, 3, 5, ...).
-        gradient: ``"self_normalized"`` (default) or ``"exact"`` (autodiff through the Toeplitz slogdet).
+        gradient: ``"self_normalized"`` (default) or ``"exact"`` (autodiff through the Toeplitz
+            slogdet).
         reconstruction_weight, reconstruction: as in :class:`SelfNormDense`.
         padding, strides: only ``"same"`` and 1 are flows; anything else is rejected.
 
-    Init (reference): k > 1: identity (dirac) kernel + Xavier-normal noise (gain 0.01), ``R = flip(W)``;
-    1×1: random orthogonal, ``R = Wᵀ``.
+    Init (reference): k > 1: identity (dirac) kernel + Xavier-normal noise (gain 0.01),
+    ``R = flip(W)``; 1×1: random orthogonal, ``R = Wᵀ``.
     """
 
     input_rank = 4

@@ -18,14 +18,16 @@ def log_abs_det_qr(matrix):
 def banded_log_abs_det(matrix, bandwidth):
     """``log|det A|`` of a square ``A`` with ``A[r, c] = 0`` whenever ``|r − c| > bandwidth``.
 
-    Blocked LU with partial pivoting, as LAPACK's banded ``gbtrf``: cut ``A`` into blocks of
-    ``m = bandwidth`` rows and columns, so that it is block-tridiagonal; each step pivots the
-    ``2m × m`` panel of the current block column, adds ``log|det|`` of its pivot block and passes
-    the Schur complement on. Work ``O(n·m²)`` instead of ``O(n³)``: for the 3×3 conv of a 7×7×16
-    image (``n = 784``, ``m = 143``) about a third of the dense cost, for 28×28×1 (``m = 29``) a
-    fiftieth. The gradient is ``A⁻ᵀ`` on the band (entries off it are taken as zero, not read),
-    written per step from the same LU factors, so nothing is factorised twice. Returns ``-inf`` for an exactly singular ``A``, as
-    ``slogdet`` does; a matrix with few blocks goes to ``slogdet`` directly.
+    Blocked elimination in the manner of LAPACK's banded ``gbtrf``, with a Householder QR of each
+    panel in place of its partial pivoting (``tf.linalg.lu`` raises on a singular panel): cut ``A``
+    into blocks of ``m = bandwidth`` rows and columns, so that it is block-tridiagonal; each step
+    factors the ``2m × m`` panel of the current block column, adds the ``log|diag R|`` of its
+    triangle and passes the Schur complement on. Work ``O(n·m²)`` instead of ``O(n³)``: for the 3×3
+    conv of a 7×7×16 image (``n = 784``, ``m = 143``) about a third of the dense cost, for 28×28×1
+    (``m = 29``) a fiftieth. The gradient is ``A⁻ᵀ`` on the band (entries off it are taken as zero,
+    not read), written per step from the same QR factors, so nothing is factorised twice. Returns
+    ``-inf`` for an exactly singular ``A``, as ``slogdet`` does; a matrix with few blocks goes to
+    ``slogdet`` directly.
     """
     n = int(matrix.shape[-1])
     m = max(int(bandwidth), 1)
@@ -72,7 +74,8 @@ def _eliminate_block_column(window, m):
         def grad(g_log_det, g_schur):
             upper_inv = tf.linalg.triangular_solve(upper, tf.eye(m, dtype=dtype), lower=False)
             z = tf.matmul(upper_inv, x)
-            top = tf.concat([g_log_det * tf.transpose(upper_inv), tf.zeros([m, cols - m], dtype)], 1)
+            top = tf.concat(
+                [g_log_det * tf.transpose(upper_inv), tf.zeros([m, cols - m], dtype)], 1)
             bottom = tf.concat([-tf.matmul(g_schur, z, transpose_b=True), g_schur], 1)
             return tf.matmul(q, tf.concat([top, bottom], 0))
 

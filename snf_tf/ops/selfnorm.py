@@ -46,7 +46,8 @@ def tap_counts(kernel_size, height, width):
     """``m[a, b]``: how many output positions kernel tap ``(a, b)`` touches ('same', stride 1).
 
     Equals the weight gradient of an all-ones input against an all-ones output (paper A.2.1);
-    closed form ``(H − |a − p|)(W − |b − p|)`` with ``p = k // 2``, clipped at 0. Shape [k, k, 1, 1].
+    closed form ``(H − |a − p|)(W − |b − p|)`` with ``p = k // 2``, clipped at 0.
+    Shape [k, k, 1, 1].
     """
     p = kernel_size // 2
     off = np.abs(np.arange(kernel_size) - p)

@@ -2,8 +2,8 @@
 
 For an NHWC input flattened row-major (index ``(i·W + j)·C + c``), ``vec(conv(x, K)) = vec(x) @ T``
 with ``T[in, out] = K[a, b, c_in, c_out]`` whenever input pixel ``(i + a − p, j + b − p)`` feeds
-output pixel ``(i, j)``. ``T`` is built by scattering kernel values into precomputed indices, which is
-differentiable in ``K`` (the exact-gradient baseline backpropagates through ``slogdet(T)``).
+output pixel ``(i, j)``. ``T`` is built by scattering kernel values into precomputed indices, which
+is differentiable in ``K`` (the exact-gradient baseline backpropagates through ``slogdet(T)``).
 """
 
 import numpy as np

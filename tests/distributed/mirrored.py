@@ -31,7 +31,8 @@ def run(strategy, kind):
                         SelfNormConv2D(1, dtype="float64")]
     with strategy.scope():
         model = FlowModel(make(), dtype="float64")  # float64: compare curves to 1e-6
-        model.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=False)  # SGD: no scale invariance
+        # SGD: no scale invariance
+        model.compile(optimizer=keras.optimizers.SGD(1e-2), jit_compile=False)
     losses = []
     log = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: losses.append(
         float(logs["loss"])))
