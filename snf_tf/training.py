@@ -11,7 +11,8 @@ before the first step, wires the callbacks and writes the run folder:
                        reports)
 ``best.keras``         the best-validation checkpoint (written atomically)
 ``samples.png``        64 samples through the learned inverse (``samples_exact.png``: through the
-                       exact inverse, for models that learn inverses)
+                       exact inverse, for models that learn inverses; ``samples_t0.7.png``: at
+                       temperature 0.7); ``test_digits.png``: 64 real test images beside them
 ``curves.png``         training loss and validation/test NLL per epoch
 ``tensorboard/``       Keras TensorBoard logs (scalars and sample grids)
 ``backup/``            the last finished epoch: ``--resume`` continues from it, after a kill or
@@ -178,19 +179,27 @@ def plot_curves(history, path, title):
     plt.close(fig)
 
 
-def _write_samples(model, out, seed):
-    from snf_tf.callbacks import image_grid, save_png
+#: the lower sampling temperature of ``samples_t0.7.png`` (Kingma & Dhariwal 2018, Fig. 8: a
+#: reduced temperature trades diversity for cleaner samples; the file name says it)
+LOW_TEMPERATURE = 0.7
 
+
+def _write_samples(model, out, seed, test=None):
+    """The run folder's image grids: samples at temperature 1 through the learned (and, where
+    there is one, the exact) inverse, at :data:`LOW_TEMPERATURE`, and 64 real test images."""
+    from snf_tf.callbacks import image_grid, save_png
 
     if len(model.data_shape) != 3:
         return []
     written = []
-    variants = [("samples.png", False)]
+    variants = [("samples.png", False, 1.0)]
     if any(layer.learns_inverse for layer in model.flow_layers):
-        variants.append(("samples_exact.png", True))
-    for filename, exact in variants:
+        variants.append(("samples_exact.png", True, 1.0))
+    variants.append((f"samples_t{LOW_TEMPERATURE}.png", False, LOW_TEMPERATURE))
+    for filename, exact, temperature in variants:
         try:
-            samples = model.sample(64, exact_inverse=exact, seed=seed).numpy()
+            samples = model.sample(64, exact_inverse=exact, temperature=temperature,
+                                   seed=seed).numpy()
         except (tf.errors.OpError, NonFiniteError) as error:  # a numerically singular inverse
             warnings.warn(f"{filename} not written: sampling failed: "
                           f"{getattr(error, 'message', error)}",
@@ -199,6 +208,11 @@ def _write_samples(model, out, seed):
         samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)
         save_png(os.path.join(out, filename), image_grid(samples))
         written.append(filename)
+    if test is not None:  # the real thing, for comparison
+        images = next(iter(test.unbatch().take(64).batch(64)))
+        images = images[0] if isinstance(images, (tuple, list)) else images
+        save_png(os.path.join(out, "test_digits.png"), image_grid(np.asarray(images)))
+        written.append("test_digits.png")
     return written
 
 
@@ -299,6 +313,6 @@ class Run:
                 f"stopped. The last good state is {self._path('best.keras')} (best validation "
                 "epoch) and metrics.json keeps the curve.")
         plot_curves(log.history, self._path("curves.png"), name)
-        _write_samples(model, self.out, cfg["seed"])
+        _write_samples(model, self.out, cfg["seed"], self.splits["test"])
         with open(self._path("metrics.json")) as f:
             return json.load(f)

@@ -10,6 +10,7 @@ import time
 
 import h5py
 import keras
+import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -62,7 +63,9 @@ def finished_run(tmp_path_factory):
 def test_run_folder_has_every_documented_file_and_key(finished_run):
     names = set(os.listdir(finished_run))
     assert {"config.json", "metrics.json", "best.keras", "samples.png", "samples_exact.png",
-            "curves.png", "tensorboard", "backup"} <= names
+            "samples_t0.7.png", "test_digits.png", "curves.png", "tensorboard", "backup"} <= names
+    digits = matplotlib.image.imread(os.path.join(finished_run, "test_digits.png"))
+    assert digits.shape[:2] == (8 * 28, 8 * 28) and digits.std() > 0.1  # real digits, not blank
     assert any(name.startswith("events.out") for _, _, files in os.walk(
         os.path.join(finished_run, "tensorboard")) for name in files)
     metrics = _metrics(finished_run)
