@@ -6,13 +6,22 @@ only on AVX-512 CPUs; on AVX2 CPUs oneDNN makes the SNF conv and dense steps 1.5
 imports TensorFlow, so the console script, ``python -m snf_tf``, the examples and user code that
 imports ``snf_tf`` first get it; ``TF_ENABLE_ONEDNN_OPTS=0`` opts out, and a process that
 imported TensorFlow before ``snf_tf`` keeps TensorFlow's own choice.
+
+TensorFlow also writes a few C++ lines while it loads, before absl reads
+``TF_CPP_MIN_LOG_LEVEL`` (no CUDA driver, oneDNN on, absl's preamble);
+:func:`import_tensorflow_quietly` (used by ``snf-tf``) leaves exactly those out.
 """
 
 import os
 import platform
 import sys
 
-__all__ = ["onednn_enabled", "prefer_onednn"]
+__all__ = ["import_tensorflow_quietly", "onednn_enabled", "prefer_onednn"]
+
+#: what TensorFlow 2.21 prints on every CPU-only import, whatever the log level
+_IMPORT_NOISE = ("All log messages before absl::InitializeLog() is called",
+                 "oneDNN custom operations are on",
+                 "Could not find cuda drivers on your machine")
 
 
 def prefer_onednn():
@@ -33,3 +42,27 @@ def onednn_enabled():
     except ImportError:  # pragma: no cover
         return None
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def import_tensorflow_quietly():
+    """Import TensorFlow with its import-time C++ lines that no setting silences left out of
+    stderr (:data:`_IMPORT_NOISE`); any other line it writes, and any error, still shows."""
+    if "tensorflow" in sys.modules:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)  # C++ writes to fd 2 directly, past sys.stderr
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(noise in line for noise in _IMPORT_NOISE):
+                    sys.stderr.write(line)
+            sys.stderr.flush()

@@ -11,9 +11,9 @@ Subcommands (each a :class:`Command` in :data:`COMMANDS`, added with :func:`regi
 
 - ``snf-tf export CHECKPOINT.keras OUT_DIR [--overwrite]`` — write a SavedModel that runs without
   snf_tf (see :mod:`snf_tf.export` for its endpoints).
-- ``snf-tf sample MODEL -n 64 -o grid.png [--seed S] [--columns C]`` — MODEL is an exported
-  SavedModel directory (needs only TensorFlow) or a ``.keras`` checkpoint; samples go through the
-  learned inverse with the same stateless seeds in both cases.
+- ``snf-tf sample MODEL -n 64 -o grid.png [--seed S] [--columns C] [--temperature T]`` — MODEL
+  is an exported SavedModel directory (needs only TensorFlow) or a ``.keras`` checkpoint;
+  samples go through the learned inverse with the same stateless seeds in both cases.
 
 Bad input (missing file, unwritable output, n ≤ 0, unknown option) prints one line
 ``snf-tf: error: ...`` on stderr and exits with status 2.
@@ -48,6 +48,7 @@ class Command:
 
     name = None
     help = None
+    uses_tensorflow = True  # then TensorFlow is imported first, without its import-time noise
 
     def add_arguments(self, parser):
         """Add this command's arguments to its subparser."""
@@ -76,6 +77,18 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text):
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text}")
     return value
 
 
@@ -149,14 +162,20 @@ class SampleCommand(Command):
         parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
         parser.add_argument("--columns", type=positive_int, default=None,
                             help="grid columns (default: about √n)")
+        parser.add_argument("--temperature", type=non_negative_float, default=1.0,
+                            help="scale of the latent draws (default 1; 0.7 gives cleaner, less "
+                            "varied images; .keras checkpoints only)")
 
     def run(self, args):
         import numpy as np
 
         if not os.path.exists(args.model):
             raise CliError(f"model not found: {args.model}")
+        if os.path.isdir(args.model) and args.temperature != 1.0:
+            raise CliError("an exported SavedModel samples at temperature 1 only; pass the "
+                           ".keras checkpoint to sample at another --temperature")
         _require_writable_location(args.output, "output file")
-        samples = np.asarray(self.draw(args.model, args.num, args.seed))
+        samples = np.asarray(self.draw(args.model, args.num, args.seed, args.temperature))
         if samples.ndim != 4 or samples.shape[-1] not in (1, 3, 4):
             raise CliError(f"the model's samples have shape {samples.shape[1:]}, not an image "
                            "(NHWC with 1, 3 or 4 channels); cannot write a grid")
@@ -165,7 +184,7 @@ class SampleCommand(Command):
         return 0
 
     @staticmethod
-    def draw(path, n, seed):
+    def draw(path, n, seed, temperature=1.0):
         if os.path.isdir(path):
             from snf_tf import export
 
@@ -174,13 +193,14 @@ class SampleCommand(Command):
             except (FileNotFoundError, ValueError) as error:
                 raise CliError(str(error)) from None
             return loaded.sample(n=n, seed=seed).numpy()
-        return _load_checkpoint(path).sample(n, seed=seed).numpy()
+        return _load_checkpoint(path).sample(n, temperature=temperature, seed=seed).numpy()
 
 
 @register
 class ListCommand(Command):
     name = "list"
     help = "list the paper's experiments with the number the paper reports for each"
+    uses_tensorflow = False
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -286,10 +306,7 @@ class TrainCommand(Command):
         except training.TrainingDiverged as error:
             print(f"{PROG}: {error}", file=sys.stderr)
             return 1
-        best, paper = metrics["best"], metrics["paper"]
-        print(f"{args.experiment}: best validation epoch {best['epoch']}: test NLL "
-              f"{best['test_nll']:.2f} nats = {best['test_bpd']:.4f} bits/dim "
-              f"(paper: {paper['text']}); run folder {prepared.out}")
+        print(prepared.summary(metrics, command=PROG, data_dir=args.data_dir))
         return 0
 
 
@@ -406,6 +423,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
         if getattr(args, "_command", None) is None:
             raise CliError(f"a command is required: {', '.join(COMMANDS)} (see '{PROG} --help')")
+        if args._command.uses_tensorflow:
+            from snf_tf import _environment
+
+            _environment.import_tensorflow_quietly()
         return int(args._command.run(args) or 0)
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

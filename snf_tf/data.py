@@ -18,6 +18,7 @@ import re
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 __all__ = ["DATASETS", "IMAGE_SHAPES", "SPLITS", "default_data_dir", "load"]
 
@@ -95,18 +96,25 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
     if limit is not None:
         tfds_split = _first(tfds_split, limit)
     folder = data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR")
+    verbosity = absl_logging.get_verbosity()
+    # tfds logs a warning per folder it looks into before it says the data is missing; the
+    # error below says it in one line
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         ds = tfds.load(name, split=tfds_split, data_dir=folder, download=download,
                        shuffle_files=False)
     except AssertionError as error:  # tfds' DatasetNotFoundError
         raise FileNotFoundError(
             f"dataset {name!r} (split {tfds_split!r}) was not found in "
-            f"{default_data_dir(folder)!r} "
-            "and download is off. Set TFDS_DATA_DIR / data_dir to a folder prepared by tfds, or "
-            "pass download=True on a machine with network access."
+            f"{default_data_dir(folder)!r} and download is off. Point TFDS_DATA_DIR (snf-tf: "
+            "--data-dir; Python: data_dir=) at a folder prepared by tensorflow_datasets, or "
+            f"prepare one where there is network: `tfds build {name} --data_dir FOLDER` "
+            "(or download=True)."
         ) from error
     except ValueError as error:  # e.g. a malformed split string
         raise ValueError(f"dataset {name!r}: bad split {split!r}: {error}") from error
+    finally:
+        absl_logging.set_verbosity(verbosity)
     # tfds declares ImageNet32's images without a size; a static shape lets the model build.
     shape = IMAGE_SHAPES[name]
     ds = ds.map(lambda example: tf.ensure_shape(example["image"], shape),

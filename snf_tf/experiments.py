@@ -19,7 +19,7 @@ import types
 import numpy as np
 
 __all__ = ["EXPERIMENTS", "Experiment", "build_model", "config", "datasets", "get", "names",
-           "parse_override"]
+           "parse_override", "setting_names"]
 
 _MNIST_EVAL = 500
 
@@ -184,6 +184,13 @@ def config(name, **overrides):
                 f"arguments: {', '.join(sorted(_model_arguments(cfg)))}")
     _check(cfg)
     return cfg
+
+
+def setting_names(name):
+    """Every name :func:`config` accepts for experiment ``name``: its top-level settings and
+    the arguments of its model builder."""
+    cfg = get(name).defaults()
+    return (set(cfg) - {"experiment", "dataset", "model", "model_kwargs"}) | _model_arguments(cfg)
 
 
 def _model_arguments(cfg):

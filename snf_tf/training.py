@@ -40,8 +40,8 @@ from snf_tf import experiments
 from snf_tf._files import check_writable
 from snf_tf.layers.base import NonFiniteError
 
-__all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "plot_curves", "prepare",
-           "prepare_run_dir", "run"]
+__all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "epoch_line", "plot_curves",
+           "prepare", "prepare_run_dir", "run"]
 
 #: keys of every ``metrics.json`` epoch entry; models with learned inverses also log
 #: ``inverse_error_max``, the largest ‖RW − I‖_F over their layers after the epoch
@@ -98,10 +98,35 @@ def _write_json(path, payload):
     os.replace(tmp, path)
 
 
-def _same_config(saved, cfg):
-    """Keys whose values differ between a saved config and a new one (epochs may grow)."""
-    return sorted(key for key in set(saved) | set(cfg)
-                  if key != "epochs" and saved.get(key) != cfg.get(key))
+_STRUCTURE = ("experiment", "dataset", "model", "model_kwargs")
+
+
+def _settings(cfg):
+    """A config as flat ``{setting: value}`` (top-level keys and model arguments together)."""
+    flat = {key: value for key, value in cfg.items() if key not in _STRUCTURE}
+    flat.update(cfg["model_kwargs"])
+    return flat
+
+
+def _resumed_config(name, saved, overrides, out):
+    """The config of a resumed run: the saved one, with ``epochs`` from ``overrides``. Any other
+    setting given explicitly must equal the saved value (``ValueError`` otherwise), so
+    ``--resume --epochs N`` alone continues a run whatever ``--set`` options started it."""
+    if saved.get("experiment") != name:
+        raise ValueError(f"--resume: the run in {out} was trained as "
+                         f"{saved.get('experiment')!r}, not {name!r}")
+    given = _settings(experiments.config(name, **overrides))
+    before = _settings(saved)
+    changed = sorted(key for key, value in overrides.items()
+                     if value is not None and key != "epochs" and given[key] != before.get(key))
+    if changed:
+        raise ValueError(f"--resume: the settings {', '.join(changed)} differ from the run in "
+                         f"{out}; resume with the same settings (only epochs may change)")
+    before.update({key: value for key, value in overrides.items()
+                   if key == "epochs" and value is not None})
+    known = experiments.setting_names(name)  # a setting since dropped is left out
+    return experiments.config(name, **{key: value for key, value in before.items()
+                                       if key in known})
 
 
 class _RunLog(keras.callbacks.Callback):
@@ -147,6 +172,37 @@ class _RunLog(keras.callbacks.Callback):
     def write(self):
         _write_json(self.path, {"experiment": self.cfg["experiment"], "status": self.status,
                                 "paper": self.paper, "epochs": self.history, "best": self.best()})
+
+
+def epoch_line(entry, epochs):
+    """One plain line for an epoch of ``metrics.json``: time, training loss, the exact validation
+    NLL and the test NLL at the best validation epoch so far (nats and bits/dim), ‖RW − I‖."""
+    parts = [f"epoch {entry['epoch']}/{epochs}", f"{entry.get('epoch_seconds', math.nan):.0f} s",
+             f"loss {entry.get('loss', math.nan):.2f}"]
+    if "val_nll" in entry:
+        parts.append(f"val {entry['val_nll']:.2f} nats = {entry['val_bpd']:.4f} bits/dim")
+    if entry.get("test_nll") is not None:
+        best = " (this epoch)" if entry.get("best_epoch") == entry["epoch"] else \
+            f" (epoch {entry.get('best_epoch')})"
+        parts.append(f"test {entry['test_nll']:.2f} nats = {entry['test_bpd']:.4f} bits/dim"
+                     + best)
+    if "inverse_error_max" in entry:
+        parts.append(f"max ‖RW − I‖_F {entry['inverse_error_max']:.2g}")
+    return " · ".join(parts)
+
+
+class _Progress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (steps, ETA, running means), then :func:`epoch_line` once the epoch is
+    logged — it runs last, after the checkpoint, ``metrics.json`` and the backup are written."""
+
+    def __init__(self, log, epochs):
+        super().__init__()
+        self.log, self.epochs = log, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.verbose and self.log.history:
+            print(epoch_line(self.log.history[-1], self.epochs), flush=True)
 
 
 def plot_curves(history, path, title):
@@ -239,10 +295,7 @@ def prepare(name, out, *, resume=False, data_dir=None, **overrides):
     if resume and os.path.exists(config_path):
         with open(config_path) as f:
             saved = json.load(f)["config"]
-        changed = _same_config(saved, cfg)
-        if changed:
-            raise ValueError(f"--resume: the settings {', '.join(changed)} differ from the run in "
-                             f"{out}; resume with the same settings (only epochs may change)")
+        cfg = _resumed_config(name, saved, overrides, out)
         if os.path.exists(metrics_path):
             with open(metrics_path) as f:
                 history = [e for e in json.load(f)["epochs"] if e["epoch"] <= start_epoch]
@@ -262,7 +315,7 @@ class Run:
     def __init__(self, cfg, out, splits, history, steps_per_epoch):
         self.cfg, self.out, self.splits = cfg, out, splits
         self.history, self.steps = history, steps_per_epoch
-        self.model = None
+        self.model, self.images = None, []  # images: the grids written after training
 
     def _path(self, name):
         return os.path.join(self.out, name)
@@ -301,6 +354,7 @@ class Run:
         callback_list += list(extra_callbacks)
         # last, so that an epoch is backed up only after metrics.json and best.keras hold it
         callback_list.append(snf_callbacks.AtomicBackupAndRestore(self._path("backup")))
+        callback_list.append(_Progress(log, cfg["epochs"]))
         model.fit(self.splits["train"], validation_data=self.splits["validation"],
                   epochs=cfg["epochs"], callbacks=callback_list, verbose=verbose, shuffle=False)
 
@@ -313,6 +367,47 @@ class Run:
                 f"stopped. The last good state is {self._path('best.keras')} (best validation "
                 "epoch) and metrics.json keeps the curve.")
         plot_curves(log.history, self._path("curves.png"), name)
-        _write_samples(model, self.out, cfg["seed"], self.splits["test"])
+        self.images = _write_samples(model, self.out, cfg["seed"], self.splits["test"])
         with open(self._path("metrics.json")) as f:
             return json.load(f)
+
+    def summary(self, metrics, command="snf-tf", data_dir=None):
+        """What a finished run printed last: the result, where each output is, what to run
+        next (``command`` is how the CLI was called, ``data_dir`` its ``--data-dir``)."""
+        cfg, out = self.cfg, os.path.relpath(self.out)
+        out = self.out if out.startswith(os.pardir) else out  # short when under the cwd
+        best, paper = metrics.get("best") or {}, metrics["paper"]
+        entries = metrics["epochs"]
+        seconds = sum(e.get("epoch_seconds") or 0.0 for e in entries)
+        lines = [f"{cfg['experiment']}: {len(entries)} epochs in {seconds:.0f} s."]
+        if best.get("test_nll") is not None:
+            lines[0] += (f" Test NLL at the best validation epoch ({best['epoch']}): "
+                         f"{best['test_nll']:.2f} nats = {best['test_bpd']:.4f} bits/dim")
+            if paper.get("text"):
+                after = f" after {paper['epochs']} epochs" if paper.get("epochs") else ""
+                lines[0] += f" (paper{after}: {paper['text']})"
+            lines[0] += "."
+        outputs = [("best.keras", "the best-validation checkpoint"),
+                   ("metrics.json", "every epoch's numbers"),
+                   ("curves.png", "loss, exact NLL and ‖RW − I‖ per epoch")]
+        described = {"samples.png": "64 samples at temperature 1 (learned inverses)",
+                     "samples_exact.png": "the same through the exact inverses",
+                     f"samples_t{LOW_TEMPERATURE}.png": f"64 samples at temperature "
+                                                         f"{LOW_TEMPERATURE}",
+                     "test_digits.png": "64 real test images, for comparison"}
+        outputs += [(name, described[name]) for name in self.images]
+        outputs.append(("tensorboard/", "TensorBoard logs"))
+        lines.append(f"Run folder {out}/:")
+        lines += [f"  {name:<20} {what}" for name, what in outputs]
+        checkpoint = os.path.join(out, "best.keras")
+        longer = max(2 * cfg["epochs"], cfg["epochs"] + 10)
+        lines.append("Next:")
+        data = f" --data-dir {data_dir}" if data_dir else ""
+        lines += [f"  {command} evaluate {checkpoint} --split test{data}",
+                  f"  {command} sample {checkpoint} -n 64 --temperature {LOW_TEMPERATURE} "
+                  f"-o samples.png",
+                  f"  {command} export {checkpoint} {os.path.join(out, 'savedmodel')}",
+                  f"  {command} train {cfg['experiment']} --out {out} --resume --epochs {longer}"
+                  f"{data}   # train longer",
+                  f"  tensorboard --logdir {os.path.join(out, 'tensorboard')}"]
+        return "\n".join(lines)

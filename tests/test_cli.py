@@ -214,7 +214,7 @@ def one_epoch_fc_run(tmp_path_factory):
 @pytest.mark.parametrize("change, setting", [
     pytest.param(["--seed", "1"], "seed", id="seed"),
     pytest.param(["--set", "learning_rate=0.001"], "learning_rate", id="set-learning_rate"),
-    pytest.param(["--set", "gradient=exact"], "model_kwargs", id="set-model-kwarg"),
+    pytest.param(["--set", "gradient=exact"], "gradient", id="set-model-kwarg"),
 ])
 def test_resume_with_a_changed_seed_or_setting_exits_2_and_leaves_the_run(
         change, setting, one_epoch_fc_run, tmp_path, capsys):
@@ -230,6 +230,110 @@ def test_resume_with_a_changed_seed_or_setting_exits_2_and_leaves_the_run(
     assert err.startswith(f"snf-tf: error: --resume: the settings {setting} differ"), err
     for name, content in files.items():  # nothing was trained or rewritten
         assert (out / name).read_bytes() == content, name
+
+
+@needs_mnist
+def test_resume_takes_the_runs_own_settings(one_epoch_fc_run, tmp_path, capsys):
+    """``--resume --epochs N`` alone continues a run started with ``--set`` options."""
+    out = tmp_path / "fc"
+    assert cli.main(["train", "selfnorm_fc_mnist", "--train-examples", "100", "--eval-examples",
+                     "100", "--quiet", "--set", "learning_rate=5e-4", "--out", str(out),
+                     "--epochs", "1"]) == 0
+    assert cli.main(["train", "selfnorm_fc_mnist", "--out", str(out), "--resume", "--epochs",
+                     "2", "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["learning_rate"] == 5e-4 and saved["train_examples"] == 100
+    assert saved["epochs"] == 2
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 2
+    assert cli.main(["train", "selfnorm_cnn_mnist", "--out", str(out), "--resume", "--epochs",
+                     "3"]) == 2  # another experiment's run folder
+    assert "was trained as 'selfnorm_fc_mnist'" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_a_run_prints_its_epochs_and_a_summary_whose_commands_work(tmp_path, capsys,
+                                                                    monkeypatch):
+    """One plain line per epoch (exact val/test NLL in nats and bits/dim), then where each output
+    is and the next commands — each of which is run here, as printed."""
+    import re
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["train", "selfnorm_fc_mnist", "--train-examples", "100", "--eval-examples",
+                     "100", "--out", "run", "--epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    entries = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    lines = [line for line in printed.splitlines() if line.startswith("epoch ")]
+    assert lines == [training.epoch_line(entry, 2) for entry in entries]
+    for line, entry in zip(lines, entries):
+        assert f"val {entry['val_nll']:.2f} nats = {entry['val_bpd']:.4f} bits/dim" in line
+        assert f"test {entry['test_nll']:.2f} nats" in line and "‖RW − I‖_F" in line
+    summary = printed[printed.index("selfnorm_fc_mnist: 2 epochs in"):]
+    best = json.loads((tmp_path / "run" / "metrics.json").read_text())["best"]
+    assert f"{best['test_nll']:.2f} nats = {best['test_bpd']:.4f} bits/dim" in summary
+    listed = re.findall(r"^  (\S+) {2,}\S", summary.split("Next:")[0], re.M)
+    assert {"best.keras", "metrics.json", "curves.png", "samples.png", "samples_t0.7.png",
+            "test_digits.png", "tensorboard/"} <= set(listed)
+    for name in listed:
+        assert (tmp_path / "run" / name).exists(), name
+    commands = [shlex.split(line.split("#")[0]) for line in summary.split("Next:")[1].splitlines()
+                if line.strip()]
+    assert [c[:2] for c in commands] == [["snf-tf", "evaluate"], ["snf-tf", "sample"],
+                                         ["snf-tf", "export"], ["snf-tf", "train"],
+                                         ["tensorboard", "--logdir"]]
+    assert os.path.isdir(commands[-1][2])
+    for command in commands[:-1]:
+        assert cli.main(command[1:]) == 0, command
+    assert (tmp_path / "samples.png").is_file()
+    assert (tmp_path / "run" / "savedmodel" / "saved_model.pb").is_file()
+    assert len(json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]) == 12
+
+
+def test_sample_at_a_temperature(checkpoint, exported_dir, tmp_path, capsys):
+    import keras
+
+    from snf_tf.callbacks import image_grid, save_png
+
+    path = tmp_path / "cold.png"
+    assert cli.main(["sample", checkpoint, "-n", "4", "-o", str(path), "--seed", "3",
+                     "--temperature", "0.5"]) == 0
+    model = keras.models.load_model(checkpoint)
+    save_png(str(tmp_path / "expected.png"),
+             image_grid(model.sample(4, temperature=0.5, seed=3).numpy()))
+    np.testing.assert_array_equal(matplotlib.image.imread(path),
+                                  matplotlib.image.imread(tmp_path / "expected.png"))
+    warm = tmp_path / "warm.png"
+    assert cli.main(["sample", checkpoint, "-n", "4", "-o", str(warm), "--seed", "3"]) == 0
+    assert not np.array_equal(matplotlib.image.imread(path), matplotlib.image.imread(warm))
+    capsys.readouterr()
+    assert cli.main(["sample", exported_dir, "-o", str(tmp_path / "x.png"), "--temperature",
+                     "0.5"]) == 2
+    assert "temperature 1 only" in capsys.readouterr().err
+    assert cli.main(["sample", checkpoint, "--temperature", "-1"]) == 2
+    assert "expected a finite number ≥ 0" in capsys.readouterr().err
+
+
+def test_the_cli_leaves_out_tensorflows_import_noise_and_nothing_else(tmp_path):
+    """A stand-in ``tensorflow`` module writes TF 2.21's import-time C++ lines and one other line
+    to file descriptor 2: only the other line reaches stderr."""
+    (tmp_path / "tensorflow.py").write_text(
+        "import os\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are "
+        "written to STDERR\\n')\n"
+        "os.write(2, b'I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on. x\\n')\n"
+        "os.write(2, b'I0000 00:00:1.0 1 cudart_stub.cc:31] Could not find cuda drivers on your "
+        "machine, GPU will not be used.\\n')\n"
+        "os.write(2, b'E0000 something that matters\\n')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from snf_tf import _environment; "
+         "_environment.import_tensorflow_quietly(); print('tensorflow' in sys.modules)"],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root])))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    assert result.stderr == "E0000 something that matters\n"
 
 
 @needs_mnist
