@@ -185,7 +185,9 @@ class SplineActivation(FlowLayer):
     Args:
         num_bins: K (reference 5).
         tail_bound: B (reference 10).
-        min_bin_width, min_bin_height, min_derivative: the minimums (reference 1e-3).
+        min_bin_width: the minimum bin width (reference 1e-3).
+        min_bin_height: the minimum bin height (reference 1e-3).
+        min_derivative: the minimum derivative (reference 1e-3).
     """
 
     needs_known_shape = True

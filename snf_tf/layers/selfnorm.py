@@ -396,8 +396,10 @@ class SelfNormConv2D(_SelfNormLayer):
         kernel_size: odd int (1, 3, 5, ...).
         gradient: ``"self_normalized"`` (default) or ``"exact"`` (autodiff through the Toeplitz
             slogdet).
-        reconstruction_weight, reconstruction: as in :class:`SelfNormDense`.
-        padding, strides: only ``"same"`` and 1 are flows; anything else is rejected.
+        reconstruction_weight: as in :class:`SelfNormDense`.
+        reconstruction: as in :class:`SelfNormDense`.
+        padding: only ``"same"`` is a flow; anything else is rejected.
+        strides: only 1 is a flow; anything else is rejected.
 
     Init (reference): k > 1: identity (dirac) kernel + Xavier-normal noise (gain 0.01),
     ``R = flip(W)``; 1×1: random orthogonal, ``R = Wᵀ``.

@@ -89,7 +89,8 @@ def spline_table(bin_widths, bin_heights, knot_slopes, range_min, _sequential=Fa
     """``(knots_x, knots_y, table)`` of per-element splines.
 
     Args:
-        bin_widths, bin_heights: ``[E, K]``, positive, each row summing to the same total.
+        bin_widths: ``[E, K]``, positive, each row summing to the same total.
+        bin_heights: ``[E, K]``, positive, each row summing to the same total.
         knot_slopes: ``[E, K − 1]``, the positive interior slopes (boundary slopes are 1).
         range_min: scalar, the left end of every spline's range.
 
@@ -265,7 +266,8 @@ def rational_quadratic_spline(x, knots_x, table, num_bins):
 
     Args:
         x: ``[batch, *event]`` with ``prod(event) = E``, the number of per-element splines.
-        knots_x, table: from :func:`spline_table` (``[E, K + 1]`` and ``[E·K, 6]``).
+        knots_x: from :func:`spline_table` (``[E, K + 1]``).
+        table: from :func:`spline_table` (``[E·K, 6]``).
         num_bins: K.
     """
     flat = _flatten(x, table, num_bins)
