@@ -2,8 +2,14 @@
 # tfds folder (../shared/tensorflow_datasets) when present.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,docs]"
+# Install (editable, with the test and docs extras) once per version of pyproject.toml: later
+# runs start at once. The stamp holds the pyproject.toml it was installed from.
+if ! cmp -s pyproject.toml .venv/.snf-tf-installed-from 2>/dev/null; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  # PYTHONWARNINGS: setuptools' notice about editable installs is not for our users
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e ".[test,docs]"
+  cp pyproject.toml .venv/.snf-tf-installed-from
+fi
 if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tensorflow_datasets ]; then
   export TFDS_DATA_DIR="$(cd ../shared/tensorflow_datasets && pwd)"
 fi

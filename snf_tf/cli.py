@@ -211,14 +211,15 @@ class ListCommand(Command):
         from snf_tf import experiments
 
         rows = [{"name": e.name, "dataset": e.dataset, "paper": e.paper,
-                 "paper_epochs": e.paper_epochs, "description": e.description}
+                 "paper_epochs": e.paper_epochs, "epochs": e.defaults()["epochs"],
+                 "description": e.description}
                 for e in experiments.EXPERIMENTS.values()]
         if args.json:
             print(json.dumps(rows, indent=1))
             return 0
         width = max(len(row["name"]) for row in rows)
         for row in rows:
-            epochs = f"{row['paper_epochs']} ep" if row["paper_epochs"] else "until stopped"
+            epochs = f"{row['epochs']} epochs" + ("" if row["paper_epochs"] else " by default")
             print(f"{row['name']:{width}s}  {row['paper']}  [{epochs}]\n"
                   f"{'':{width}s}  {row['description']}")
         return 0

@@ -383,7 +383,7 @@ class Run:
         if best.get("test_nll") is not None:
             lines[0] += (f" Test NLL at the best validation epoch ({best['epoch']}): "
                          f"{best['test_nll']:.2f} nats = {best['test_bpd']:.4f} bits/dim")
-            if paper.get("text"):
+            if paper.get("value") is not None:
                 after = f" after {paper['epochs']} epochs" if paper.get("epochs") else ""
                 lines[0] += f" (paper{after}: {paper['text']})"
             lines[0] += "."

@@ -10,7 +10,7 @@ REFERENCE_NAMES = [
     "selfnorm_cnn_mnist", "exact_cnn_mnist", "emerging_cnn_mnist", "exponential_cnn_mnist",
     "conv1x1_glow_mnist", "selfnorm_glow_mnist", "conv1x1_glow_cifar", "selfnorm_glow_cifar",
     "conv1x1_glow_imagenet", "selfnorm_glow_imagenet", "geco_selfnorm_glow_mnist",
-    "snf_timescaling",
+    "small_selfnorm_glow_mnist", "snf_timescaling",
 ]
 
 
@@ -29,6 +29,8 @@ def test_every_reference_name_is_registered():
     ("conv1x1_glow_imagenet", dict(batch_size=64, warmup_epochs=0, clipnorm=10_000.0,
                                    augment=False)),
     ("geco_selfnorm_glow_mnist", dict(geco_rate=1e-3, epochs=1000)),
+    ("small_selfnorm_glow_mnist", dict(learning_rate=2e-3, warmup_epochs=1, augment=False,
+                                       epochs=3, batch_size=100)),
     ("snf_timescaling", dict(batch_size=128, learning_rate=1e-4, epochs=10)),
 ])
 def test_reference_hyperparameters(name, expected):
