@@ -129,17 +129,38 @@ def _resumed_config(name, saved, overrides, out):
                                        if key in known})
 
 
+#: points per epoch of the training-loss curve (``loss_curve`` in ``metrics.json``)
+CURVE_POINTS = 20
+
+
 class _RunLog(keras.callbacks.Callback):
-    """Times every epoch and rewrites ``metrics.json`` after it, so a killed run keeps its curve."""
+    """Times every epoch and rewrites ``metrics.json`` after it, so a killed run keeps its curve.
+
+    Each epoch entry also holds ``loss_curve``: ``[step, mean training loss over the steps since
+    the previous point]`` about :data:`CURVE_POINTS` times an epoch, so a short run still draws a
+    curve. Keras logs the running mean ``m_k`` of the epoch's first ``k`` steps; the mean over
+    steps ``j+1..k`` is ``(k·m_k − j·m_j) / (k − j)``, exact and free.
+    """
 
     def __init__(self, path, cfg, paper, history, steps_per_epoch):
         super().__init__()
         self.path, self.cfg, self.paper = path, cfg, paper
         self.history, self.steps = list(history), steps_per_epoch
+        self.window = max(1, math.ceil(steps_per_epoch / CURVE_POINTS))
         self.status = "running"
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.train_end = time.perf_counter(), None
+        self.epoch, self.curve, self.mark = epoch, [], (0, 0.0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        k = batch + 1
+        if (k % self.window and k != self.steps) or not logs or "loss" not in logs:
+            return
+        mean = float(np.asarray(logs["loss"]).reshape(-1)[0])
+        j, before = self.mark
+        self.curve.append([self.epoch * self.steps + k, (k * mean - j * before) / (k - j)])
+        self.mark = (k, mean)
 
     def on_test_begin(self, logs=None):
         if self.train_end is None:
@@ -156,6 +177,7 @@ class _RunLog(keras.callbacks.Callback):
         errors = self.model.inverse_errors()  # ‖RW − I‖_F per layer with a learned inverse
         if errors:
             entry["inverse_error_max"] = max(errors.values())
+        entry["loss_curve"] = self.curve
         entry.update(epoch_seconds=now - self.start, train_seconds=train_seconds,
                      steps_per_second=self.steps / train_seconds if train_seconds > 0 else None)
         self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]
@@ -205,9 +227,10 @@ class _Progress(keras.callbacks.ProgbarLogger):
             print(epoch_line(self.log.history[-1], self.epochs), flush=True)
 
 
-def plot_curves(history, path, title):
-    """Training loss, validation/test NLL and (models with learned inverses) the largest
-    ‖RW − I‖_F per epoch, as a PNG."""
+def plot_curves(history, path, title, steps_per_epoch=None):
+    """Training loss (within epochs too, from ``loss_curve``, given ``steps_per_epoch``),
+    validation/test NLL and (models with learned inverses) the largest ‖RW − I‖_F per epoch, as
+    a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,7 +239,19 @@ def plot_curves(history, path, title):
     inverse_errors = [e.get("inverse_error_max", math.nan) for e in history]
     learned = any(math.isfinite(v) for v in inverse_errors)
     fig, axes = plt.subplots(1, 3 if learned else 2, figsize=(15 if learned else 10, 3.6))
-    axes[0].plot(epochs, [e.get("loss", math.nan) for e in history], "o-", ms=3)
+    points = [point for e in history for point in e.get("loss_curve", [])]
+    if points and steps_per_epoch:  # the loss within epochs, at the x of fractional epochs
+        axes[0].plot([step / steps_per_epoch for step, _ in points], [v for _, v in points],
+                     "-", lw=1, label="over the last steps")
+        axes[0].plot(epochs, [e.get("loss", math.nan) for e in history], "o", ms=4,
+                     label="epoch mean")
+        axes[0].legend(fontsize=8)
+        finite = sorted(v for _, v in points if math.isfinite(v))
+        if len(finite) > 10:  # the first steps' loss would flatten the rest of the curve
+            spread = finite[int(0.98 * len(finite))] - finite[0]
+            axes[0].set_ylim(finite[0] - 0.05 * spread, finite[0] + 1.1 * spread)
+    else:
+        axes[0].plot(epochs, [e.get("loss", math.nan) for e in history], "o-", ms=3)
     axes[0].set_title("training loss (SNF log-dets count as 0)", fontsize=9)
     for key, style in (("val_nll", "o-"), ("test_nll", "s--")):
         axes[1].plot(epochs, [e.get(key, math.nan) for e in history], style, ms=3,
@@ -366,7 +401,7 @@ class Run:
                 f"{name}: the loss became non-finite in epoch {len(log.history)}; training "
                 f"stopped. The last good state is {self._path('best.keras')} (best validation "
                 "epoch) and metrics.json keeps the curve.")
-        plot_curves(log.history, self._path("curves.png"), name)
+        plot_curves(log.history, self._path("curves.png"), name, self.steps)
         self.images = _write_samples(model, self.out, cfg["seed"], self.splits["test"])
         with open(self._path("metrics.json")) as f:
             return json.load(f)

@@ -10,6 +10,7 @@ pip builds from the checkout (the test asserts that the venv imports that copy).
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -41,7 +42,11 @@ def venv(tmp_path_factory):
                              check=True).stdout.strip()
     # the dependencies of this interpreter, after the venv's own packages
     (pathlib.Path(purelib) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    result = _run([python, "-m", "pip", "install", "-q", str(ROOT)], cwd=folder,
+    # a copy of the sources: building a wheel writes build/ and *.egg-info beside them
+    source = tmp_path_factory.mktemp("source") / "snf_tf"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "runs", "site", "*.egg-info", "__pycache__", "*.keras"))
+    result = _run([python, "-m", "pip", "install", "-q", str(source)], cwd=folder,
                   env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return folder

@@ -84,6 +84,22 @@ def test_run_folder_has_every_documented_file_and_key(finished_run):
 
 
 @needs_mnist
+def test_loss_curve_points_are_window_means_of_the_epoch_loss(finished_run):
+    """``loss_curve`` [step, mean over the steps since the previous point]: the window means,
+    weighted by their lengths, give back the epoch's mean training loss that Keras logged."""
+    entries = _metrics(finished_run)["epochs"]
+    steps = 3  # TINY: 300 training images, batch 100
+    for entry in entries:
+        points = entry["loss_curve"]
+        assert [step for step, _ in points] == [(entry["epoch"] - 1) * steps + k
+                                                for k in range(1, steps + 1)]
+        ends = [(entry["epoch"] - 1) * steps] + [step for step, _ in points]
+        total = sum((b - a) * value for (a, b), (_, value) in zip(zip(ends, ends[1:]), points))
+        assert np.isclose(total / steps, entry["loss"], rtol=1e-5)
+        assert len({round(v, 3) for _, v in points}) > 1  # per-window values, not the running mean
+
+
+@needs_mnist
 def test_best_checkpoint_gives_the_reported_test_nll(finished_run):
     from snf_tf import data, export
 
