@@ -414,7 +414,8 @@ class Run:
         best, paper = metrics.get("best") or {}, metrics["paper"]
         entries = metrics["epochs"]
         seconds = sum(e.get("epoch_seconds") or 0.0 for e in entries)
-        lines = [f"{cfg['experiment']}: {len(entries)} epochs in {seconds:.0f} s."]
+        count = f"{len(entries)} epoch" + ("s" if len(entries) != 1 else "")
+        lines = [f"{cfg['experiment']}: {count} in {seconds:.0f} s."]
         if best.get("test_nll") is not None:
             lines[0] += (f" Test NLL at the best validation epoch ({best['epoch']}): "
                          f"{best['test_nll']:.2f} nats = {best['test_bpd']:.4f} bits/dim")

@@ -168,7 +168,8 @@ def test_every_experiment_trains_one_epoch_through_the_cli(name, tmp_path, capsy
         status = cli.main(argv)
     captured = capsys.readouterr()
     assert status == 0, captured.err[-3000:]
-    assert f"{name}: best validation epoch 1: test NLL" in captured.out
+    assert f"{name}: 1 epoch in " in captured.out
+    assert "Test NLL at the best validation epoch (1): " in captured.out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "finished" and len(metrics["epochs"]) == 1
     entry = metrics["epochs"][0]
