@@ -243,8 +243,8 @@ def plot_curves(history, path, title, steps_per_epoch=None):
     if points and steps_per_epoch:  # the loss within epochs, at the x of fractional epochs
         axes[0].plot([step / steps_per_epoch for step, _ in points], [v for _, v in points],
                      "-", lw=1, label="over the last steps")
-        axes[0].plot(epochs, [e.get("loss", math.nan) for e in history], "o", ms=4,
-                     label="epoch mean")
+        axes[0].plot([epoch - 0.5 for epoch in epochs], [e.get("loss", math.nan) for e in history],
+                     "o", ms=4, label="epoch mean")  # at the middle of the epoch it averages
         axes[0].legend(fontsize=8)
         finite = sorted(v for _, v in points if math.isfinite(v))
         if len(finite) > 10:  # the first steps' loss would flatten the rest of the curve
