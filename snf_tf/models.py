@@ -19,6 +19,16 @@ def preprocessing(alpha=1e-6, seed=None):
             L.Normalize.logit_prescaling(alpha), L.Logit()]
 
 
+def _per_block(value, num_blocks, what):
+    """An int for every block, or a list/tuple with one int per block → a list of ``num_blocks``."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_blocks:
+            raise ValueError(f"{what} has {len(value)} entries for {num_blocks} blocks; give one "
+                             f"number per block or a single number, got {list(value)!r}.")
+        return list(value)
+    return [value] * num_blocks
+
+
 def _check_choice(value, choices, what):
     if value not in choices:
         raise ValueError(f"{what} must be one of {tuple(choices)}, got {value!r}.")
@@ -80,20 +90,25 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     ``conv="selfnorm"``: ``SelfNormConv2D(kernel_size)`` (SNF Glow; λ = 100 on MNIST, 1000 on
     CIFAR-10/ImageNet32); ``conv="exact"``: the exact Glow 1×1 conv (``Conv1x1``). MNIST uses
     2 blocks × 16 steps, CIFAR-10 3 × 32, ImageNet32 3 × 48; the GECO model 2 × 4 with 5×5 SNF
-    convs and width 16.
+    convs and width 16. ``steps_per_block`` and ``hidden_channels`` are one number for every block
+    or a list with one entry per block (e.g. ``[2, 8]``: fewer steps at full resolution, more at the
+    coarse level, where a step is 4× cheaper); ``split_hidden_channels`` defaults to the first
+    block's width.
     """
     _check_choice(conv, ("selfnorm", "exact"), "conv")
     if conv == "exact" and kernel_size != 1:
         raise ValueError("the exact Glow baseline has 1×1 convs only; use conv='selfnorm'.")
-    split_hidden_channels = split_hidden_channels or hidden_channels
+    steps = _per_block(steps_per_block, num_blocks, "steps_per_block")
+    widths = _per_block(hidden_channels, num_blocks, "hidden_channels")
+    split_hidden_channels = split_hidden_channels or widths[0]
     flow = preprocessing(seed=seed)
     for block in range(num_blocks):
         flow.append(L.Squeeze())
-        for _ in range(steps_per_block):
+        for _ in range(steps[block]):
             flow.append(L.ActNorm())
             flow.append(L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight)
                         if conv == "selfnorm" else L.Conv1x1())
-            flow.append(L.AffineCoupling(hidden_channels))
+            flow.append(L.AffineCoupling(widths[block]))
         if block < num_blocks - 1:
             flow.append(L.SplitPrior(split_hidden_channels))
     return FlowModel(flow, name=name)

@@ -69,6 +69,23 @@ def test_glow_structure_mnist_and_cifar():
     assert len(splits) == 2
 
 
+def test_glow_per_block_steps_and_widths():
+    model = models.glow(steps_per_block=[1, 3], hidden_channels=[8, 12])
+    model.log_prob(_mnist_like(2))
+    flow = model.flow_layers
+    squeezes = [i for i, layer in enumerate(flow) if isinstance(layer, L.Squeeze)]
+    block_1, block_2 = flow[squeezes[0]:squeezes[1]], flow[squeezes[1]:]
+    widths = lambda block: [c.hidden_channels for c in block if type(c) is L.AffineCoupling]
+    assert widths(block_1) == [8] and widths(block_2) == [12] * 3
+    split = next(layer for layer in flow if isinstance(layer, L.SplitPrior))
+    assert split.hidden_channels == 8  # the first block's width unless given
+    assert model.latent_shape == (7, 7, 8)
+    with pytest.raises(ValueError, match="steps_per_block has 1 entries for 2 blocks"):
+        models.glow(steps_per_block=[4])
+    with pytest.raises(ValueError, match="hidden_channels has 3 entries"):
+        models.glow(hidden_channels=[8, 8, 8])
+
+
 @pytest.mark.parametrize("build", [
     lambda: models.fc_flow("relative"),
     lambda: models.conv_flow("selfnorm", num_blocks=2, convs_per_block=1),
