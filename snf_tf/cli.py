@@ -5,7 +5,8 @@ Subcommands (each a :class:`Command` in :data:`COMMANDS`, added with :func:`regi
 - ``snf-tf list`` — the paper's experiments and the number the paper reports for each.
 - ``snf-tf info`` — versions, devices, whether TensorFlow runs oneDNN kernels.
 - ``snf-tf train NAME [--epochs N] [--batch-size B] [--out DIR] [--data-dir D] [--resume]
-  [--set KEY=VALUE ...]`` — train one experiment into a run folder (:mod:`snf_tf.training`).
+  [--set KEY=VALUE ...] [--no-guard]`` — train one experiment into a run folder
+  (:mod:`snf_tf.training`; ``--no-guard``: no rollback on a collapse).
 - ``snf-tf evaluate CHECKPOINT.keras [--split test] [--dataset NAME]`` — exact NLL and bits/dim.
 - ``snf-tf bench scaling|models|profile [...]`` — the benchmarks of :mod:`snf_tf.bench`.
 
@@ -285,6 +286,9 @@ class TrainCommand(Command):
                             help="override a setting or model argument, e.g. --set "
                             "hidden_channels=64 or --set learning_rate=5e-4 (repeatable)")
         parser.add_argument("--quiet", action="store_true", help="one line per epoch")
+        parser.add_argument("--no-guard", action="store_true",
+                            help="no rollback on a collapse (validation NLL jump, ‖RW − I‖ "
+                            "too large, non-finite loss): a non-finite loss stops the run")
 
     def run(self, args):
         from snf_tf import experiments, training
@@ -296,7 +300,8 @@ class TrainCommand(Command):
                 overrides[key] = value
             overrides.update(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                              train_examples=args.train_examples,
-                             eval_examples=args.eval_examples)
+                             eval_examples=args.eval_examples,
+                             guard=False if args.no_guard else None)
             out = args.out or os.path.join("runs", args.experiment.replace("/", "_"))
             prepared = training.prepare(args.experiment, out, resume=args.resume,
                                         data_dir=args.data_dir, **overrides)

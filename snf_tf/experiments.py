@@ -18,10 +18,16 @@ import types
 
 import numpy as np
 
-__all__ = ["EXPERIMENTS", "Experiment", "build_model", "config", "datasets", "get", "names",
-           "parse_override", "setting_names"]
+__all__ = ["EXPERIMENTS", "Experiment", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP", "build_model",
+           "config", "datasets", "get", "names", "parse_override", "setting_names"]
 
 _MNIST_EVAL = 500
+#: a validation NLL more than 10 % above the last good epoch's is a collapse
+GUARD_VAL_JUMP = 0.1
+#: ‖RW − I‖_F above this is a collapse in SNF Glow (healthy runs here stay below 0.05 at
+#: λ = 100; the collapsed one reached 0.28). Other models are not checked: the FC flow at λ = 1
+#: trains well past ‖RW − I‖_F = 3
+GLOW_INVERSE_ERROR = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Experiment:
     augment: bool = False
     clipnorm: float = None
     geco_rate: float = None
+    guard_inverse_error: float = None
 
     def defaults(self):
         """The reference config as a fresh, JSON-serialisable dict."""
@@ -54,6 +61,10 @@ class Experiment:
             "epochs": self.paper_epochs or 10, "warmup_epochs": self.warmup_epochs,
             "augment": self.augment, "clipnorm": self.clipnorm, "geco_rate": self.geco_rate,
             "seed": 0, "train_examples": None, "eval_examples": None, "jit_compile": "auto",
+            # the collapse guard (snf_tf.callbacks.CollapseGuard)
+            "guard": True, "guard_val_jump": GUARD_VAL_JUMP,
+            "guard_inverse_error": self.guard_inverse_error, "guard_lr_factor": 0.5,
+            "guard_max_rollbacks": 3,
         }
 
 
@@ -82,7 +93,7 @@ def _glow(dataset, conv, paper, value, **kwargs):
     prefix = "selfnorm" if conv == "selfnorm" else "conv1x1"
     label = "SNF 1×1 convs" if conv == "selfnorm" else "exact 1×1 convs (Glow)"
     return _experiment(f"{prefix}_glow_{short[dataset]}", f"Glow on {dataset}, {label}", dataset,
-                       "glow", paper, value, **kwargs)
+                       "glow", paper, value, guard_inverse_error=GLOW_INVERSE_ERROR, **kwargs)
 
 
 _GLOW_MNIST = {"num_blocks": 2, "steps_per_block": 16, "hidden_channels": 512}
@@ -130,7 +141,8 @@ EXPERIMENTS = {e.name: e for e in (
         "mnist", "glow", "not in the paper: the reduced selfnorm_glow_mnist of the quick start",
         None, model_kwargs={"conv": "selfnorm", "num_blocks": 2, "steps_per_block": 4,
                             "hidden_channels": 64, "reconstruction_weight": 100.0},
-        learning_rate=2e-3, warmup_epochs=1, paper_epochs=3),
+        learning_rate=2e-3, warmup_epochs=1, paper_epochs=3,
+        guard_inverse_error=GLOW_INVERSE_ERROR),
     _experiment(
         "snf_timescaling", "one SNF (or exact) layer on N(0, 1) data of dimension D: time per "
         "batch vs D (Fig. 4; `snf-tf bench scaling` runs the sweep)", "normal", "single_layer",
@@ -235,8 +247,20 @@ def _check(cfg):
     if cfg["jit_compile"] not in ("auto", True, False):
         raise ValueError(f"{name}: jit_compile must be auto, true or false, "
                          f"got {cfg['jit_compile']!r}")
-    if not isinstance(cfg["augment"], bool):
-        raise ValueError(f"{name}: augment must be true or false, got {cfg['augment']!r}")
+    for key in ("augment", "guard"):
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"{name}: {key} must be true or false, got {cfg[key]!r}")
+    for key in ("guard_val_jump", "guard_inverse_error", "guard_lr_factor"):
+        value = cfg[key]
+        if value is None and key != "guard_lr_factor":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not np.isfinite(value) or value <= 0 or (key == "guard_lr_factor" and value > 1):
+            what = "a number in (0, 1]" if key == "guard_lr_factor" else "a positive number or null"
+            raise ValueError(f"{name}: {key} must be {what}, got {value!r}")
+    value = cfg["guard_max_rollbacks"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name}: guard_max_rollbacks must be an integer >= 0, got {value!r}")
 
 
 def build_model(cfg):

@@ -19,9 +19,15 @@ before the first step, wires the callbacks and writes the run folder:
                        with a larger ``--epochs`` once the run has finished
 =====================  =========================================================================
 
-Non-finite losses stop the run (``keras.callbacks.TerminateOnNaN``): the weights of the bad step
-never reach ``best.keras`` or the backup, ``metrics.json`` records ``"status": "diverged"`` and
-:func:`run` raises :class:`TrainingDiverged`.
+A collapse — a non-finite loss, the validation NLL up by more than ``guard_val_jump`` in an epoch,
+or (Glow) ‖RW − I‖_F above ``guard_inverse_error`` — rolls the run back to its last good epoch
+with the learning rate × ``guard_lr_factor`` (:class:`snf_tf.callbacks.CollapseGuard`); each
+rollback is printed and listed under ``rollbacks`` in its ``metrics.json`` epoch. After
+``guard_max_rollbacks`` rollbacks a further collapse stops the run with the last good state kept
+(``"status": "collapsed"``; :func:`run` raises :class:`TrainingDiverged`). With ``guard=false``
+(``snf-tf train --no-guard``) a non-finite loss stops the run (``keras.callbacks.TerminateOnNaN``):
+the weights of the bad step never reach ``best.keras`` or the backup, ``metrics.json`` records
+``"status": "diverged"`` and :func:`run` raises :class:`TrainingDiverged`.
 """
 
 import json
@@ -142,24 +148,31 @@ class _RunLog(keras.callbacks.Callback):
     steps ``j+1..k`` is ``(k·m_k − j·m_j) / (k − j)``, exact and free.
     """
 
-    def __init__(self, path, cfg, paper, history, steps_per_epoch):
+    def __init__(self, path, cfg, paper, history, steps_per_epoch, guard=None):
         super().__init__()
-        self.path, self.cfg, self.paper = path, cfg, paper
+        self.path, self.cfg, self.paper, self.guard = path, cfg, paper, guard
         self.history, self.steps = list(history), steps_per_epoch
         self.window = max(1, math.ceil(steps_per_epoch / CURVE_POINTS))
         self.status = "running"
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.train_end = time.perf_counter(), None
-        self.epoch, self.curve, self.mark = epoch, [], (0, 0.0)
+        self.epoch, self.curve, self.mark, self.offset = epoch, [], (0, 0.0), 0
 
     def on_train_batch_end(self, batch, logs=None):
         k = batch + 1
+        if self.guard is not None and self.guard.reset_at == (self.epoch, batch):
+            self.offset, self.mark = k, (k, 0.0)  # the guard restarted the running means here
+            return
         if (k % self.window and k != self.steps) or not logs or "loss" not in logs:
             return
         mean = float(np.asarray(logs["loss"]).reshape(-1)[0])
         j, before = self.mark
-        self.curve.append([self.epoch * self.steps + k, (k * mean - j * before) / (k - j)])
+        if k == j:
+            return
+        o = self.offset  # Keras' running mean covers the steps after the last reset
+        self.curve.append([self.epoch * self.steps + k,
+                           ((k - o) * mean - (j - o) * before) / (k - j)])
         self.mark = (k, mean)
 
     def on_test_begin(self, logs=None):
@@ -177,6 +190,9 @@ class _RunLog(keras.callbacks.Callback):
         errors = self.model.inverse_errors()  # ‖RW − I‖_F per layer with a learned inverse
         if errors:
             entry["inverse_error_max"] = max(errors.values())
+        events = [e for e in (self.guard.events if self.guard else []) if e["epoch"] == epoch + 1]
+        if events:
+            entry["rollbacks"] = events
         entry["loss_curve"] = self.curve
         entry.update(epoch_seconds=now - self.start, train_seconds=train_seconds,
                      steps_per_second=self.steps / train_seconds if train_seconds > 0 else None)
@@ -196,6 +212,12 @@ class _RunLog(keras.callbacks.Callback):
                                 "paper": self.paper, "epochs": self.history, "best": self.best()})
 
 
+def _rollbacks(history):
+    """How many times the guard rolled a run back (its ``metrics.json`` epochs)."""
+    return sum(event.get("kind") == "rollback" for entry in history
+               for event in entry.get("rollbacks", ()))
+
+
 def epoch_line(entry, epochs):
     """One plain line for an epoch of ``metrics.json``: time, training loss, the exact validation
     NLL and the test NLL at the best validation epoch so far (nats and bits/dim), ‖RW − I‖."""
@@ -210,6 +232,9 @@ def epoch_line(entry, epochs):
                      + best)
     if "inverse_error_max" in entry:
         parts.append(f"max ‖RW − I‖_F {entry['inverse_error_max']:.2g}")
+    for event in entry.get("rollbacks", ()):
+        parts.append(f"rolled back to epoch {event['restored_epoch']}" if event["kind"] ==
+                     "rollback" else f"stopped at epoch {event['restored_epoch']}")
     return " · ".join(parts)
 
 
@@ -361,8 +386,11 @@ class Run:
         experiment = experiments.get(name)
         keras.utils.set_random_seed(cfg["seed"])
         self.model = model = experiments.build_model(cfg)
-        schedule = snf_callbacks.LinearWarmup(cfg["learning_rate"],
-                                              cfg["warmup_epochs"] * self.steps)
+        rollbacks = _rollbacks(self.history)
+        # a resumed run keeps the learning rate its guard lowered
+        schedule = snf_callbacks.LinearWarmup(
+            cfg["learning_rate"], cfg["warmup_epochs"] * self.steps,
+            scale=cfg["guard_lr_factor"] ** rollbacks if cfg["guard"] else 1.0)
         model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=cfg["clipnorm"]),
                       jit_compile=cfg["jit_compile"])
         os.makedirs(self.out, exist_ok=True)
@@ -377,10 +405,19 @@ class Run:
             top = min(previous, key=lambda e: e["val_nll"])
             best.best, best.best_epoch = top["val_nll"], top["epoch"] - 1
             best.test = {"nll": top.get("test_nll"), "bpd": top.get("test_bpd")}
-        log = _RunLog(self._path("metrics.json"), cfg, paper, self.history, self.steps)
+        guard = None
+        if cfg["guard"]:
+            last = self.history[-1].get("val_nll") if self.history else None
+            guard = snf_callbacks.CollapseGuard(
+                val_jump=cfg["guard_val_jump"], inverse_error=cfg["guard_inverse_error"],
+                lr_factor=cfg["guard_lr_factor"], max_rollbacks=cfg["guard_max_rollbacks"],
+                rollbacks=rollbacks, reference=last)
+        log = _RunLog(self._path("metrics.json"), cfg, paper, self.history, self.steps, guard)
         tensorboard = self._path("tensorboard")
-        callback_list = [best, log, keras.callbacks.TerminateOnNaN(),
-                         keras.callbacks.TensorBoard(tensorboard, write_graph=False)]
+        # the guard first: it may restore the state and rewrite the epoch's validation logs
+        # before the checkpoint, metrics.json and the backup see them
+        callback_list = ([guard] if guard else [keras.callbacks.TerminateOnNaN()]) + [
+            best, log, keras.callbacks.TensorBoard(tensorboard, write_graph=False)]
         if cfg["geco_rate"]:
             callback_list.insert(0, snf_callbacks.Geco(cfg["geco_rate"]))
         if self.splits["train"].element_spec.shape.rank == 4:  # images
@@ -393,9 +430,17 @@ class Run:
         model.fit(self.splits["train"], validation_data=self.splits["validation"],
                   epochs=cfg["epochs"], callbacks=callback_list, verbose=verbose, shuffle=False)
 
-        diverged = bool(model.stop_training)  # only TerminateOnNaN stops a run early
-        log.status = "diverged" if diverged else "finished"
+        # only TerminateOnNaN (no guard) or the guard giving up stop a run early
+        collapsed = guard is not None and guard.gave_up
+        diverged = collapsed or (guard is None and bool(model.stop_training))
+        log.status = "collapsed" if collapsed else "diverged" if diverged else "finished"
         log.write()
+        if collapsed:
+            raise TrainingDiverged(
+                f"{name}: training collapsed again after {guard.rollbacks} rollback(s) "
+                f"({guard.events[-1]['reason']}, epoch {guard.events[-1]['epoch']}); it stopped "
+                f"with the last good state restored. {self._path('best.keras')} is the best "
+                "validation epoch and metrics.json lists every rollback.")
         if diverged:
             raise TrainingDiverged(
                 f"{name}: the loss became non-finite in epoch {len(log.history)}; training "

@@ -174,3 +174,151 @@ def test_atomic_backup_never_stores_non_finite_weights(tmp_path):
     with pytest.warns(RuntimeWarning, match="non-finite weights"):
         backup._save_model()
     assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 1
+
+
+class _Spy(keras.callbacks.Callback):
+    """Copies of the model's weights at every epoch's start and end and after chosen batches."""
+
+    def __init__(self, batches=()):
+        super().__init__()
+        self.batches, self.at = set(batches), {}
+
+    def _copy(self):
+        return [w.numpy().copy() for w in self.model.weights]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.at[("begin", epoch)] = self._copy()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) in self.batches:
+            self.at[("batch", self.epoch, batch)] = self._copy()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at[("end", epoch)] = self._copy()
+        self.at[("logs", epoch)] = dict(logs)
+
+
+class _Perturb(keras.callbacks.Callback):
+    """A collapse on purpose: at the start of the given epochs, scale every kernel by 5."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = set(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch in self.epochs:
+            for w in self.model.trainable_weights:
+                w.assign(w * 5.0)
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def _guarded_model(lr=1e-2, warmup=0):
+    model = FlowModel([SelfNormDense()])
+    model.compile(optimizer=keras.optimizers.Adam(cb.LinearWarmup(lr, warmup)))
+    model(_data(2))  # built, so the guard keeps the state before the first step
+    return model
+
+
+def test_guard_rolls_back_a_nan_batch_at_once_and_goes_on():
+    x = _data(96)
+    poisoned = x.copy()
+    poisoned[40] = np.nan  # batch 3 of 6 in every epoch
+    model = _guarded_model()
+    guard, spy = cb.CollapseGuard(), _Spy(batches=[(0, 2)])
+    history = model.fit(tf.data.Dataset.from_tensor_slices(poisoned).batch(16), epochs=2,
+                        verbose=0, validation_data=(x,), callbacks=[guard, spy]).history
+    # restored to the state before the epoch, immediately after the bad batch
+    _same(spy.at[("batch", 0, 2)], spy.at[("begin", 0)])
+    assert [(e["epoch"], e["batch"], e["kind"]) for e in guard.events] == \
+        [(1, 3, "rollback"), (2, 3, "rollback")]
+    assert "non-finite training loss at batch 3" in guard.events[0]["reason"]
+    assert guard.events[0]["restored_epoch"] == 0 and guard.events[1]["restored_epoch"] == 1
+    # the epoch's loss covers the batches after the rollback; training went on at half the rate
+    assert all(np.isfinite(history["loss"])) and all(np.isfinite(history["val_nll"]))
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert float(model.optimizer._learning_rate.scale) == 0.25
+    np.testing.assert_allclose(guard.events[1]["learning_rate"], 2.5e-3, rtol=1e-6)
+
+
+def test_guard_rolls_back_a_validation_jump_and_rewrites_the_logs(tmp_path):
+    x = _data(64)
+    model = _guarded_model(lr=1e-3)
+    guard, spy = cb.CollapseGuard(val_jump=0.1), _Spy()
+    path = str(tmp_path / "best.keras")
+    best = cb.BestValidationTest(x, checkpoint_path=path)
+    model.fit(x, batch_size=16, epochs=3, verbose=0, validation_data=(x,),
+              callbacks=[_Perturb([1]), guard, best, spy])
+    (event,) = guard.events
+    assert event["epoch"] == 2 and event["batch"] is None and event["kind"] == "rollback"
+    assert "val_nll" in event["reason"] and event["restored_epoch"] == 1
+    first = spy.at[("logs", 0)]["val_nll"]
+    assert event["measured"]["val_nll"] > 1.1 * first
+    # after epoch 2 the model is the state after epoch 1, and the logs say so
+    _same(spy.at[("end", 1)], spy.at[("end", 0)])
+    assert spy.at[("logs", 1)]["val_nll"] == pytest.approx(first)
+    assert best.best_epoch in (0, 2)  # the collapsed epoch never became the best
+    assert float(model.optimizer._learning_rate.scale) == 0.5
+
+
+def test_guard_stops_after_max_rollbacks_with_the_last_good_state():
+    x = _data(64)
+    model = _guarded_model(lr=1e-3)
+    guard, spy = cb.CollapseGuard(val_jump=0.1, max_rollbacks=1, verbose=False), _Spy()
+    history = model.fit(x, batch_size=16, epochs=5, verbose=0, validation_data=(x,),
+                        callbacks=[_Perturb([1, 2]), guard, spy]).history
+    assert [e["kind"] for e in guard.events] == ["rollback", "stop"] and guard.gave_up
+    assert len(history["loss"]) == 3 and model.stop_training
+    _same([w.numpy() for w in model.weights], spy.at[("end", 0)])
+
+
+def test_guard_checks_the_inverse_error_when_asked():
+    x = _data(64)
+    model = _guarded_model(lr=1e-3)
+    guard = cb.CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=0, verbose=False)
+    model.fit(x, batch_size=16, epochs=2, verbose=0, validation_data=(x,), callbacks=[guard])
+    (event,) = guard.events
+    assert event["kind"] == "stop" and "‖RW − I‖_F" in event["reason"]
+    assert event["measured"]["inverse_error_max"] > 1e-9
+
+
+def test_guard_arguments_and_schedules_are_checked():
+    for kwargs, message in [({"val_jump": 0}, "val_jump"), ({"lr_factor": 1.5}, "lr_factor"),
+                            ({"max_rollbacks": -1}, "max_rollbacks"),
+                            ({"inverse_error": math.nan}, "inverse_error")]:
+        with pytest.raises(ValueError, match=message):
+            cb.CollapseGuard(**kwargs)
+    model = FlowModel([SelfNormDense()])
+    model.compile(optimizer=keras.optimizers.Adam(
+        keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)))
+    with pytest.raises(ValueError, match="no `scale` variable"):
+        model.fit(_data(32), batch_size=16, epochs=1, verbose=0, callbacks=[cb.CollapseGuard()])
+
+
+def test_guard_lowers_a_float_learning_rate():
+    x = _data(64)
+    poisoned = x.copy()
+    poisoned[20] = np.nan
+    model = FlowModel([SelfNormDense()])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model(_data(2))
+    guard = cb.CollapseGuard(verbose=False)
+    model.fit(tf.data.Dataset.from_tensor_slices(poisoned).batch(16), epochs=1, verbose=0,
+              callbacks=[guard])
+    assert float(model.optimizer.learning_rate) == pytest.approx(5e-3)
+
+
+def test_linear_warmup_scale_multiplies_and_round_trips():
+    schedule = cb.LinearWarmup(1e-3, 10, scale=0.25)
+    np.testing.assert_allclose(float(schedule(9)), 2.5e-4, rtol=1e-6)
+    schedule.scale.assign(0.5)
+    np.testing.assert_allclose(float(schedule(4)), 1e-3 * 0.5 * 0.5, rtol=1e-6)
+    assert cb.LinearWarmup.from_config(schedule.get_config()).get_config() == \
+        {"learning_rate": 1e-3, "warmup_steps": 10, "scale": 0.5}
+    with pytest.raises(ValueError, match="scale"):
+        cb.LinearWarmup(1e-3, 10, scale=0.0)

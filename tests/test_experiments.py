@@ -119,6 +119,14 @@ def test_parse_override(text, expected):
     (lambda: experiments.config("selfnorm_fc_mnist", augment="yes"), "augment"),
     (lambda: experiments.config("selfnorm_fc_mnist", jit_compile="always"), "jit_compile"),
     (lambda: experiments.config("selfnorm_fc_mnist", train_examples=0), "train_examples"),
+    (lambda: experiments.config("selfnorm_fc_mnist", guard="on"), "guard must be true or false"),
+    (lambda: experiments.config("selfnorm_fc_mnist", guard_val_jump=0), "guard_val_jump"),
+    (lambda: experiments.config("selfnorm_fc_mnist", guard_lr_factor=2.0),
+     r"guard_lr_factor must be a number in \(0, 1\]"),
+    (lambda: experiments.config("selfnorm_fc_mnist", guard_max_rollbacks=1.5),
+     "guard_max_rollbacks"),
+    (lambda: experiments.config("selfnorm_glow_mnist", guard_inverse_error=-1),
+     "guard_inverse_error"),
     (lambda: experiments.parse_override("epochs"), "key=value"),
     (lambda: experiments.build_model(experiments.config("selfnorm_fc_mnist", gradient="natural")),
      "gradient must be one of"),
@@ -138,3 +146,12 @@ def test_timescaling_data_and_model():
     assert batch.shape == (128, 1, 64, 1)
     model = experiments.build_model(cfg)
     assert float(model.log_prob(batch[:4]).numpy().mean()) < 0
+
+
+def test_the_guard_is_on_everywhere_and_checks_rw_in_glow_only():
+    for name in experiments.names():
+        cfg = experiments.config(name)
+        assert cfg["guard"] is True and cfg["guard_val_jump"] == experiments.GUARD_VAL_JUMP
+        glow = cfg["model"] == "glow" and name != "geco_selfnorm_glow_mnist"
+        assert cfg["guard_inverse_error"] == (experiments.GLOW_INVERSE_ERROR if glow else None)
+    assert experiments.config("selfnorm_fc_mnist", guard=False)["guard"] is False

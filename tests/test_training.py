@@ -195,9 +195,9 @@ def _poisoned_in_epoch(dataset, epoch, steps):
 
 
 @needs_mnist
-def test_a_nan_batch_stops_the_run_and_keeps_the_last_good_state(tmp_path):
+def test_without_guard_a_nan_batch_stops_the_run_and_keeps_the_last_good_state(tmp_path):
     out = str(tmp_path / "nan-batch")
-    run = training.prepare("selfnorm_fc_mnist", out, epochs=3, **TINY)
+    run = training.prepare("selfnorm_fc_mnist", out, epochs=3, guard=False, **TINY)
     run.splits["train"] = _poisoned_in_epoch(run.splits["train"], 2, run.steps)
     with pytest.warns(RuntimeWarning, match="non-finite weights"):
         with pytest.raises(training.TrainingDiverged, match="non-finite in epoch 2"):
@@ -213,16 +213,17 @@ def test_a_nan_batch_stops_the_run_and_keeps_the_last_good_state(tmp_path):
     best = export.load_checkpoint(os.path.join(out, "best.keras"))
     assert all(np.all(np.isfinite(w)) for w in best.get_weights())
     # the run resumes from the last good epoch once the data is fixed
-    training.run("selfnorm_fc_mnist", out, resume=True, epochs=3, verbose=0, **TINY)
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=3, guard=False, verbose=0,
+                 **TINY)
     assert _metrics(out)["status"] == "finished"
 
 
 @needs_mnist
-def test_divergence_stops_and_keeps_the_last_good_state(tmp_path):
+def test_without_guard_divergence_stops_and_keeps_the_last_good_state(tmp_path):
     out = str(tmp_path / "diverged")
     with pytest.warns(RuntimeWarning, match="non-finite weights"):
         with pytest.raises(training.TrainingDiverged, match="non-finite in epoch 2"):
-            training.run("selfnorm_fc_mnist", out, epochs=3, verbose=0,
+            training.run("selfnorm_fc_mnist", out, epochs=3, verbose=0, guard=False,
                          extra_callbacks=[_AtBatch(1, _poison, batch=0)], **TINY)
     metrics = _metrics(out)
     assert metrics["status"] == "diverged" and len(metrics["epochs"]) == 2
@@ -234,6 +235,65 @@ def test_divergence_stops_and_keeps_the_last_good_state(tmp_path):
 
     best = export.load_checkpoint(os.path.join(out, "best.keras"))
     assert all(np.all(np.isfinite(w)) for w in best.get_weights())
+
+
+def _blow_up(model):  # an injected collapse: every weight ×5 mid-run
+    for weight in model.trainable_weights:
+        weight.assign(weight * 5.0)
+
+
+@needs_mnist
+def test_guard_recovers_from_a_nan_batch_and_the_run_finishes(tmp_path, capsys):
+    out = str(tmp_path / "guarded-nan")
+    run = training.prepare("selfnorm_fc_mnist", out, epochs=3, warmup_epochs=0, **TINY)
+    run.splits["train"] = _poisoned_in_epoch(run.splits["train"], 2, run.steps)
+    metrics = run.train(verbose=0)
+    assert metrics["status"] == "finished" and len(metrics["epochs"]) == 3
+    (event,) = metrics["epochs"][1]["rollbacks"]
+    assert event["kind"] == "rollback" and event["batch"] == 1 and event["restored_epoch"] == 1
+    assert "non-finite training loss at batch 1" in event["reason"]
+    epoch_2 = metrics["epochs"][1]
+    assert np.isfinite(epoch_2["loss"]) and np.isfinite(epoch_2["val_nll"])
+    assert all(np.isfinite(v) for _, v in epoch_2["loss_curve"])  # means after the rollback
+    lr = [e["learning_rate"] for e in metrics["epochs"]]
+    assert lr[1] == pytest.approx(lr[0] / 2) and lr[2] == pytest.approx(lr[0] / 2)
+    assert "CollapseGuard (epoch 2, batch 1): non-finite training loss" in capsys.readouterr().out
+
+
+@needs_mnist
+def test_guard_rolls_back_an_injected_collapse_and_resume_keeps_the_lower_rate(tmp_path):
+    out = str(tmp_path / "guarded")
+    training.run("selfnorm_fc_mnist", out, epochs=3, verbose=0, warmup_epochs=0,
+                 extra_callbacks=[_AtBatch(1, _blow_up, batch=0)], **TINY)
+    metrics = _metrics(out)
+    first, second, third = metrics["epochs"]
+    (event,) = second["rollbacks"]
+    assert event["kind"] == "rollback" and "val_nll" in event["reason"]
+    assert event["measured"]["val_nll"] > 1.1 * first["val_nll"]
+    assert second["val_nll"] == pytest.approx(first["val_nll"])  # the restored state's
+    assert metrics["status"] == "finished" and metrics["best"]["epoch"] in (1, 3)
+    assert third["learning_rate"] == pytest.approx(first["learning_rate"] / 2)
+    # the backup holds the state the run went on from; --resume keeps the lowered rate
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=4, verbose=0, warmup_epochs=0,
+                 **TINY)
+    fourth = _metrics(out)["epochs"][3]
+    assert fourth["learning_rate"] == pytest.approx(first["learning_rate"] / 2)
+    assert "rollbacks" not in fourth
+
+
+@needs_mnist
+def test_guard_gives_up_after_max_rollbacks_and_the_run_resumes(tmp_path):
+    out = str(tmp_path / "collapsed")
+    with pytest.raises(training.TrainingDiverged, match="collapsed again after 0 rollback"):
+        training.run("selfnorm_fc_mnist", out, epochs=3, verbose=0, guard_max_rollbacks=0,
+                     extra_callbacks=[_AtBatch(1, _blow_up, batch=0)], **TINY)
+    metrics = _metrics(out)
+    assert metrics["status"] == "collapsed" and len(metrics["epochs"]) == 2
+    assert metrics["epochs"][1]["rollbacks"][0]["kind"] == "stop"
+    assert metrics["best"]["epoch"] == 1
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=3, verbose=0,
+                 guard_max_rollbacks=0, **TINY)
+    assert _metrics(out)["status"] == "finished"
 
 
 def _cli(args, **kwargs):
