@@ -1,24 +1,31 @@
 """``snf-tf train`` with a per-batch trace: the running loss and reconstruction loss after every
 batch, and every ``--every`` batches the largest ‖RW − I‖_F and the learning rate, written to
-``OUT/trace.json`` as it goes (to find where a run went wrong inside an epoch).
+``OUT/trace.json`` as it goes (to find where a run went wrong inside an epoch). With
+``--layers N``, every N batches also each layer's mean exact log-det on 100 fixed validation
+images and its ‖RW − I‖_F (``"layers": {name: [log_det, error or null]}``, ``"base"``).
 
     python benchmarks/batch_trace.py selfnorm_glow_mnist --epochs 2 --out DIR \\
-        --set hidden_channels=64
+        --set hidden_channels=64 [--layers 25]
 """
 
 import argparse
 import json
 import os
+import sys
 
 import keras
 
 from snf_tf import experiments, training
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nll_by_layer import decompose  # noqa: E402
+
 
 class BatchTrace(keras.callbacks.Callback):
-    def __init__(self, path, every=25):
+    def __init__(self, path, every=25, layers_every=0, images=None):
         super().__init__()
         self.path, self.every, self.rows, self.epoch = path, every, [], 0
+        self.layers_every, self.images = layers_every, images
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
@@ -31,6 +38,10 @@ class BatchTrace(keras.callbacks.Callback):
             row["inverse_error_max"] = max(errors.values()) if errors else None
             row["learning_rate"] = float(self.model.optimizer.learning_rate)
             self.write()
+        if self.layers_every and batch % self.layers_every == 0:
+            base, layers = decompose(self.model, self.images)
+            row["base"] = base
+            row["layers"] = {name: [log_det, error] for name, log_det, error in layers}
         self.rows.append(row)
 
     def write(self):
@@ -44,11 +55,14 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--every", type=int, default=25)
+    parser.add_argument("--layers", type=int, default=0, metavar="N",
+                        help="every N batches: per-layer log-dets and ‖RW − I‖_F")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     overrides = dict(experiments.parse_override(text) for text in args.set)
     run = training.prepare(args.experiment, args.out, epochs=args.epochs, **overrides)
-    trace = BatchTrace(os.path.join(args.out, "trace.json"), args.every)
+    images = next(iter(run.splits["validation"].unbatch().take(100).batch(100)))
+    trace = BatchTrace(os.path.join(args.out, "trace.json"), args.every, args.layers, images)
     try:
         run.train(verbose=0, extra_callbacks=[trace])
     finally:

@@ -50,7 +50,9 @@ __all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "epoch_line",
            "prepare", "prepare_run_dir", "run"]
 
 #: keys of every ``metrics.json`` epoch entry; models with learned inverses also log
-#: ``inverse_error_max``, the largest ‖RW − I‖_F over their layers after the epoch
+#: ``inverse_error_max``, the largest ‖RW − I‖_F over their layers after the epoch; GECO runs
+#: ``reconstruction_weight`` (min, median, max of λ over the SNF layers); an epoch with a
+#: rollback ``rollbacks`` (the events of :class:`snf_tf.callbacks.CollapseGuard`)
 EPOCH_KEYS = ("epoch", "loss", "nll", "recon", "val_nll", "val_bpd", "test_nll", "test_bpd",
               "best_epoch", "learning_rate", "epoch_seconds", "train_seconds", "steps_per_second")
 #: the keys that depend on the machine's speed (everything else is a function of the seed)
@@ -190,6 +192,12 @@ class _RunLog(keras.callbacks.Callback):
         errors = self.model.inverse_errors()  # ‖RW − I‖_F per layer with a learned inverse
         if errors:
             entry["inverse_error_max"] = max(errors.values())
+        if self.cfg.get("geco_rate"):  # the λ that GECO adapts, over the SNF layers
+            weights = sorted(float(layer.reconstruction_weight.numpy())
+                             for layer in self.model.flow_layers if layer.uses_reconstruction)
+            if weights:
+                entry["reconstruction_weight"] = {"min": weights[0], "max": weights[-1],
+                                                  "median": float(np.median(weights))}
         events = [e for e in (self.guard.events if self.guard else []) if e["epoch"] == epoch + 1]
         if events:
             entry["rollbacks"] = events

@@ -178,6 +178,9 @@ def test_every_experiment_trains_one_epoch_through_the_cli(name, tmp_path, capsy
     assert (out / "best.keras").is_file() and (out / "curves.png").is_file()
     if name != "snf_timescaling":
         assert (out / "samples.png").is_file()
+    if experiments.get(name).geco_rate:  # λ per epoch; GECO only lets it grow from λ₀ = 1
+        weights = entry["reconstruction_weight"]
+        assert 1.0 < weights["min"] <= weights["median"] <= weights["max"]
 
 
 @needs_mnist
@@ -185,13 +188,15 @@ def test_train_resume_then_evaluate(tmp_path, capsys):
     out = tmp_path / "fc"
     argv = ["train", "selfnorm_fc_mnist", "--train-examples", "200", "--eval-examples", "100",
             "--out", str(out), "--quiet"]
-    assert cli.main(argv + ["--epochs", "1"]) == 0
+    assert cli.main(argv + ["--epochs", "1", "--no-guard"]) == 0
     first = json.loads((out / "metrics.json").read_text())["epochs"][0]
     assert cli.main(argv + ["--epochs", "1"]) == 2  # never overwrites a run
     assert "pass --resume" in capsys.readouterr().err
     assert cli.main(argv + ["--epochs", "2", "--resume"]) == 0
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2] and epochs[0] == first
+    # --resume keeps the run's own settings, --no-guard among them
+    assert json.loads((out / "config.json").read_text())["config"]["guard"] is False
     capsys.readouterr()
     assert cli.main(["evaluate", str(out / "best.keras"), "--examples", "100", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
