@@ -18,8 +18,9 @@ import types
 
 import numpy as np
 
-__all__ = ["EXPERIMENTS", "Experiment", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP", "build_model",
-           "config", "datasets", "get", "names", "parse_override", "setting_names"]
+__all__ = ["EXPERIMENTS", "Experiment", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP", "NULLABLE",
+           "build_model", "config", "datasets", "get", "names", "parse_override",
+           "setting_names"]
 
 _MNIST_EVAL = 500
 #: a validation NLL more than 10 % above the last good epoch's is a collapse
@@ -177,6 +178,9 @@ def parse_override(text):
         return key.strip(), value
 
 
+#: settings for which ``None`` (JSON ``null``) is a value: off, or no limit
+NULLABLE = ("clipnorm", "geco_rate", "guard_val_jump", "guard_inverse_error", "train_examples",
+            "eval_examples")
 _POSITIVE_INTS = ("batch_size", "eval_batch_size", "epochs")
 _OPTIONAL_POSITIVE_INTS = ("train_examples", "eval_examples")
 
@@ -186,11 +190,13 @@ def config(name, **overrides):
 
     Keys of the top level (``epochs``, ``batch_size``, ``learning_rate``, …) and of
     ``model_kwargs`` (``hidden_channels``, ``steps_per_block``, …) can both be overridden by name.
-    ``None`` values leave the default. Unknown keys and bad values raise ``ValueError``.
+    ``None`` values leave the default, except for the settings that may be off
+    (:data:`NULLABLE`: ``geco_rate=None`` trains with a fixed λ, ``clipnorm=None`` without
+    clipping). Unknown keys and bad values raise ``ValueError``.
     """
     cfg = get(name).defaults()
     for key, value in overrides.items():
-        if value is None:
+        if value is None and key not in NULLABLE:
             continue
         if key in cfg and key not in ("experiment", "dataset", "model", "model_kwargs"):
             cfg[key] = value

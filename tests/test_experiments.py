@@ -148,6 +148,14 @@ def test_timescaling_data_and_model():
     assert float(model.log_prob(batch[:4]).numpy().mean()) < 0
 
 
+def test_null_turns_off_the_settings_that_may_be_off():
+    cfg = experiments.config("geco_selfnorm_glow_mnist", geco_rate=None, epochs=None)
+    assert cfg["geco_rate"] is None and cfg["epochs"] == 1000  # fixed λ; epochs left alone
+    assert experiments.config("selfnorm_glow_cifar", clipnorm=None)["clipnorm"] is None
+    assert experiments.config("selfnorm_glow_mnist",
+                              guard_inverse_error=None)["guard_inverse_error"] is None
+
+
 def test_the_guard_is_on_everywhere_and_checks_rw_in_glow_only():
     for name in experiments.names():
         cfg = experiments.config(name)
