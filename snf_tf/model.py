@@ -4,6 +4,12 @@ Keller et al., ICML 2021, §3-§5: train with the cheap self-normalized objectiv
 likelihood. ``log p(x) = log N(z; 0, I) + Σ_k log|det J_k|`` with ``z`` the output of the last
 layer; layers that factor dimensions out (``SplitPrior``) add their own log-density terms to their
 log-det.
+
+Conditional flows model ``p(x | y)``: ``FlowModel(layers, num_classes=K)`` (integer labels) or
+``context_dim=d`` (real vectors). The context is one-hot encoded (labels) and handed to every
+layer that declares ``uses_context`` (couplings, SplitPrior); the base is then a learned
+``N(μ(y), σ(y)²)`` (:class:`ConditionalNormal`; per class for labels, as class-conditional
+Glow), and ``fit`` trains on ``(x, y)`` pairs.
 """
 
 import contextlib
@@ -17,7 +23,7 @@ import tensorflow_probability as tfp
 from snf_tf import bijectors
 from snf_tf.layers.base import FlowLayer, NonFiniteError, check_batch_values
 
-__all__ = ["FlowModel"]
+__all__ = ["ConditionalNormal", "FlowModel"]
 
 _LN2 = math.log(2.0)
 
@@ -77,6 +83,61 @@ def _check_fit_data(x):
                                  f"out of {array.size}.")
 
 
+_LABEL_RANGE = "FlowModel: a label is out of range"
+_CONTEXT_BATCH = "FlowModel: the context's batch differs from the data's"
+
+
+@keras.saving.register_keras_serializable(package="snf_tf")
+class ConditionalNormal(keras.layers.Layer):
+    r"""The learned conditional base of a conditional flow:
+    :math:`p(z \mid c) = \mathcal N\big(z;\ \mu(c),\ \mathrm{diag}\,\sigma(c)^2\big)` with
+    ``[μ, log σ] = c @ kernel + bias`` (zero-initialised: N(0, I) before training). With a one-hot
+    ``c`` (class labels) this is a table of one mean and one log-scale per class and latent
+    dimension, the class-conditional prior of Glow (Kingma & Dhariwal 2018, §5).
+
+    Args:
+        latent_shape: per-example shape of ``z``.
+        context_dim: width of ``c``.
+    """
+
+    def __init__(self, latent_shape, context_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_shape = tuple(int(d) for d in latent_shape)
+        self.context_dim = int(context_dim)
+        size = int(np.prod(self.latent_shape))
+        self.kernel = self.add_weight(name="kernel", shape=(self.context_dim, 2 * size),
+                                      initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=(2 * size,), initializer="zeros")
+
+    def parameters(self, context):
+        """``(μ, log σ)``, each ``[batch] + latent_shape``."""
+        h = tf.matmul(tf.cast(context, self.compute_dtype), tf.convert_to_tensor(self.kernel))
+        mean, log_scale = tf.split(h + tf.convert_to_tensor(self.bias), 2, axis=-1)
+        shape = tf.concat([tf.shape(context)[:1], tf.constant(self.latent_shape)], axis=0)
+        return tf.reshape(mean, shape), tf.reshape(log_scale, shape)
+
+    def log_prob(self, z, context):
+        """``log p(z | c)`` summed over the latent dims: ``[batch]``."""
+        mean, log_scale = self.parameters(context)
+        standard = (z - mean) * tf.exp(-log_scale)
+        terms = -0.5 * tf.square(standard) - log_scale - 0.5 * math.log(2 * math.pi)
+        return tf.reduce_sum(tf.reshape(terms, [tf.shape(z)[0], -1]), axis=-1)
+
+    def from_standard(self, noise, context):
+        """``μ(c) + σ(c)·noise``: a latent of ``p(z | c)`` from standard-normal (or, for a
+        temperature T, N(0, T²)) ``noise``."""
+        mean, log_scale = self.parameters(context)
+        return mean + tf.exp(log_scale) * noise
+
+    def call(self, context):
+        return self.parameters(context)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(latent_shape=list(self.latent_shape), context_dim=self.context_dim)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="snf_tf")
 class FlowModel(keras.Model):
     """A normalizing flow ``x → z`` from a list of flow layers and a standard-normal base.
@@ -95,12 +156,23 @@ class FlowModel(keras.Model):
     1, ... in the order of the walk) draws statelessly with ``(seed, k)``; ``sample`` draws the
     latent with ``(seed, 0)`` and walks back with ``seed + 1``.
 
+    Conditional models (``num_classes`` or ``context_dim``) take ``context=`` in every method
+    above — integer labels ``[batch]`` (or one label for all of ``sample``'s examples), or float
+    vectors ``[batch, context_dim]`` — and ``fit``/``evaluate`` take ``(x, y)`` pairs. Layers
+    without a context (SNF, exact linear, ActNorm, ...) are unchanged by it.
+
     Args:
         flow_layers: the flow layers, data side first (preprocessing layers included, so their
             log-dets count in the likelihood).
+        num_classes: a class-conditional model ``p(x | y)`` for integer labels ``0 ≤ y < K``
+            (one-hot encoded for the layers).
+        context_dim: a model conditional on real vectors of this width.
+        conditional_base: conditional models: learn the base ``N(μ(y), σ(y)²)``
+            (:class:`ConditionalNormal`); False keeps N(0, I) and conditions the layers only.
     """
 
-    def __init__(self, flow_layers, **kwargs):
+    def __init__(self, flow_layers, num_classes=None, context_dim=None, conditional_base=True,
+                 **kwargs):
         super().__init__(**kwargs)
         flow_layers = list(flow_layers)
         if not flow_layers:
@@ -111,28 +183,59 @@ class FlowModel(keras.Model):
                     f"FlowModel: {layer!r} is not a snf_tf flow layer (it has no forward/inverse "
                     "with a log-det); wrap plain Keras layers in a flow layer."
                 )
+        for value, what in ((num_classes, "num_classes"), (context_dim, "context_dim")):
+            if value is not None and (isinstance(value, bool) or
+                                      not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"FlowModel: {what} must be a positive int, got {value!r}.")
+        if num_classes is not None and context_dim is not None:
+            raise ValueError("FlowModel: give num_classes (integer labels) or context_dim (real "
+                             "vectors), not both.")
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.context_dim = None if context_dim is None else int(context_dim)
+        self.conditional_base = bool(conditional_base)
+        width = self.num_classes or self.context_dim  # of the context the layers see
+        for layer in flow_layers:
+            if layer.uses_context and width is None:
+                raise ValueError(
+                    f"FlowModel: layer {layer.name!r} is conditional (context_dim="
+                    f"{layer.context_dim}); give the model num_classes or context_dim.")
+            if layer.uses_context and layer.context_dim != width:
+                raise ValueError(
+                    f"FlowModel: layer {layer.name!r} takes a context of width "
+                    f"{layer.context_dim}, the model gives {width} (num_classes / context_dim).")
         self.flow_layers = flow_layers
+        self.base = None  # the ConditionalNormal of a conditional model, made in build
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.nll_tracker = keras.metrics.Mean(name="nll")
         self.recon_tracker = keras.metrics.Mean(name="recon")
         self.bpd_tracker = keras.metrics.Mean(name="bpd")
 
     # -- the flow ----------------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is ``p(x | context)`` (``num_classes`` or ``context_dim`` given)."""
+        return self.num_classes is not None or self.context_dim is not None
+
     def forward(self, x, exact: bool = False, training: bool = False, noise: bool | None = None,
-                seed=None) -> tuple[tf.Tensor, tf.Tensor]:
+                seed=None, context=None) -> tuple[tf.Tensor, tf.Tensor]:
         """``(z, Σ log-det)`` of the whole stack; ``log_det`` has shape [batch]. ``noise``
         switches dequantization noise on/off (None: the layers' own rule), ``seed`` makes it
-        stateless (see the class docstring)."""
+        stateless (see the class docstring); ``context`` for conditional models."""
         z, log_det, _ = self.forward_with_reconstruction(x, exact=exact, training=training,
-                                                         noise=noise, seed=seed)
+                                                         noise=noise, seed=seed, context=context)
         return z, log_det
 
     def forward_with_reconstruction(self, x, exact: bool = False, training: bool = False,
-                                    noise: bool | None = None, seed=None,
+                                    noise: bool | None = None, seed=None, context=None,
                                     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """``(z, Σ log-det, Σ λ·reconstruction)``: the reconstruction losses are returned by the
         layers (not collected with ``add_loss``, whose lists replicas of tf.distribute share)."""
         x = self._check_data(x)
+        encoded = self.encode_context(context, tf.shape(x)[0], x.shape[0])
+        return self._walk_forward(x, exact, training, noise, seed, encoded)
+
+    def _walk_forward(self, x, exact, training, noise, seed, context):
+        """The walk of :meth:`forward_with_reconstruction` on checked data and encoded context."""
         log_det = tf.zeros(tf.shape(x)[:1], dtype=self.compute_dtype)
         recon = tf.zeros([], dtype=self.compute_dtype)
         k = 0  # the k-th layer that draws noise gets the stateless seed (seed, k)
@@ -143,16 +246,28 @@ class FlowModel(keras.Model):
                 k += 1
             with _naming_the_culprit(self.flow_layers[i - 1] if i else None, "forward"):
                 x, layer_log_det, layer_recon = layer.forward_with_reconstruction(
-                    x, exact=exact, training=training, noise=noise, seed=layer_seed)
+                    x, exact=exact, training=training, noise=noise, seed=layer_seed,
+                    context=context if layer.uses_context else None)
             log_det = log_det + tf.cast(layer_log_det, log_det.dtype)
             if layer_recon is not None:
                 recon = recon + tf.cast(layer_recon, recon.dtype)
         return x, log_det, recon
 
-    def inverse(self, z, exact: bool = False, temperature: float = 1.0, seed=None) -> tf.Tensor:
+    def inverse(self, z, exact: bool = False, temperature: float = 1.0, seed=None,
+                context=None) -> tf.Tensor:
         """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``). Layers that
         factored dimensions out (SplitPrior) sample them at ``temperature``; with an int ``seed``
-        the k-th of them met on the way back draws statelessly with seed ``(seed, k)``."""
+        the k-th of them met on the way back draws statelessly with seed ``(seed, k)``.
+        Conditional models need the ``context`` (labels or vectors) of the examples."""
+        if not tf.is_tensor(z):
+            z = tf.convert_to_tensor(z)
+        if not self.built:
+            raise ValueError("FlowModel.inverse: build the model first (call it on data once).")
+        encoded = self.encode_context(context, tf.shape(z)[0], z.shape[0])
+        return self._walk_inverse(z, exact, temperature, seed, encoded)
+
+    def _walk_inverse(self, z, exact, temperature, seed, context):
+        """The walk of :meth:`inverse` with an encoded context."""
         k = 0
         previous = None
         for layer in reversed(self.flow_layers):
@@ -161,9 +276,74 @@ class FlowModel(keras.Model):
                 layer_seed = None if seed is None else _seed_pair(seed, k)
                 k += 1
             with _naming_the_culprit(previous, "inverse"):
-                z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed)
+                z = layer.inverse(z, exact=exact, temperature=temperature, seed=layer_seed,
+                                  context=context if layer.uses_context else None)
             previous = layer
         return z
+
+    def encode_context(self, context, batch, static_batch=None):
+        """The context as the layers see it: one-hot ``[batch, num_classes]`` for labels,
+        ``[batch, context_dim]`` floats for vectors, None for unconditional models. Checks:
+        a context is given exactly when the model is conditional; labels are integers in
+        ``[0, num_classes)`` and vectors finite floats of the right width; one row per example
+        (``batch``). Eagerly every check raises ``ValueError``; inside ``tf.function`` the value
+        checks (range, batch) are graph assertions with the same message."""
+        if not self.conditional:
+            if context is not None:
+                raise ValueError("FlowModel: this model is unconditional and takes no context; "
+                                 "build it with num_classes=... or context_dim=... to model "
+                                 "p(x | context).")
+            return None
+        if context is None:
+            kind = (f"integer labels in [0, {self.num_classes})" if self.num_classes else
+                    f"[batch, {self.context_dim}] float vectors")
+            raise ValueError(f"FlowModel: this model is conditional and needs context= ({kind}).")
+        if not tf.is_tensor(context):
+            context = tf.convert_to_tensor(context)
+        eager = tf.executing_eagerly()
+        if self.num_classes is not None:
+            if not context.dtype.is_integer:
+                raise ValueError(f"FlowModel: class labels must be integers, got dtype "
+                                 f"{context.dtype.name} (for real-valued context build the model "
+                                 "with context_dim=...).")
+            if context.shape.rank == 2 and context.shape[-1] == 1:
+                context = context[:, 0]
+            if context.shape.rank != 1:
+                raise ValueError(f"FlowModel: labels must have shape [batch], got "
+                                 f"{tuple(context.shape)}.")
+            labels = tf.cast(context, tf.int64)
+            if eager:
+                values = labels.numpy()
+                bad = values[(values < 0) | (values >= self.num_classes)]
+                if bad.size:
+                    raise ValueError(f"{_LABEL_RANGE}: labels must be in [0, "
+                                     f"{self.num_classes}), got {sorted(set(bad.tolist()))[:5]}.")
+            else:
+                with tf.control_dependencies([
+                        tf.debugging.assert_non_negative(labels, message=_LABEL_RANGE),
+                        tf.debugging.assert_less(labels, tf.constant(self.num_classes, tf.int64),
+                                                 message=_LABEL_RANGE)]):
+                    labels = tf.identity(labels)
+            context = tf.one_hot(labels, self.num_classes, dtype=self.compute_dtype)
+        else:
+            if not context.dtype.is_floating:
+                raise ValueError(f"FlowModel: the context must be float vectors, got dtype "
+                                 f"{context.dtype.name} (for class labels build the model with "
+                                 "num_classes=...).")
+            if context.shape.rank != 2 or context.shape[-1] != self.context_dim:
+                raise ValueError(f"FlowModel: the context must have shape [batch, "
+                                 f"{self.context_dim}], got {tuple(context.shape)}.")
+            check_batch_values(context, "FlowModel", "the context")
+            context = tf.cast(context, self.compute_dtype)
+        rows = context.shape[0]
+        if static_batch is not None and rows is not None and rows != static_batch:
+            raise ValueError(f"{_CONTEXT_BATCH}: {rows} context rows for {static_batch} "
+                             "examples; give one label or vector per example.")
+        if not eager:
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    tf.shape(context)[0], tf.cast(batch, tf.int32), message=_CONTEXT_BATCH)]):
+                context = tf.identity(context)
+        return context
 
     def _check_data(self, x):
         if not tf.is_tensor(x):
@@ -195,27 +375,44 @@ class FlowModel(keras.Model):
                 layer.build(shape)
             shape = tuple(layer.compute_output_shape(shape))
         self.latent_shape = tuple(int(d) for d in shape[1:])
+        if self.conditional and self.conditional_base and self.base is None:
+            self.base = ConditionalNormal(self.latent_shape, self.num_classes or self.context_dim,
+                                          dtype=self.dtype_policy, name="conditional_base")
         self.built = True
 
     @property
     def data_dimension(self):
         return int(np.prod(self.data_shape))
 
-    def base_log_prob(self, z):
-        """``log N(z; 0, I)`` summed over all non-batch dims."""
+    def base_log_prob(self, z, encoded_context=None):
+        """``log N(z; 0, I)`` summed over all non-batch dims; for a conditional base
+        ``log N(z; μ(c), σ(c)²)`` with ``encoded_context`` c (from :meth:`encode_context`)."""
+        if self.base is not None:
+            if encoded_context is None:
+                raise ValueError("FlowModel.base_log_prob: the conditional base needs the "
+                                 "encoded context (FlowModel.encode_context).")
+            return self.base.log_prob(z, encoded_context)
         normal = tfp.distributions.Normal(tf.zeros([], z.dtype), tf.ones([], z.dtype))
         return tf.reduce_sum(tf.reshape(normal.log_prob(z), [tf.shape(z)[0], -1]), axis=-1)
 
     def log_prob(self, x, exact: bool = True, training: bool = False, noise: bool | None = None,
-                 seed=None) -> tf.Tensor:
-        """Per-example ``log p(x)`` in nats on the data scale (exact by default; ``noise`` and
-        ``seed`` as in :meth:`forward`)."""
-        z, log_det = self.forward(x, exact=exact, training=training, noise=noise, seed=seed)
-        return self.base_log_prob(z) + log_det
+                 seed=None, context=None) -> tf.Tensor:
+        """Per-example ``log p(x)`` (conditional models: ``log p(x | context)``) in nats on the
+        data scale (exact by default; ``noise`` and ``seed`` as in :meth:`forward`)."""
+        base, log_det, _ = self._forward_and_base(x, exact, training, noise, seed, context)
+        return base + log_det
 
-    def call(self, inputs, training=False):
+    def _forward_and_base(self, x, exact, training, noise=None, seed=None, context=None):
+        """``(base log-density, Σ log-det, Σ λ·reconstruction)`` of a batch: the one place the
+        flow and the base meet (log_prob, train and test steps)."""
+        x = self._check_data(x)
+        encoded = self.encode_context(context, tf.shape(x)[0], x.shape[0])
+        z, log_det, recon = self._walk_forward(x, exact, training, noise, seed, encoded)
+        return self.base_log_prob(z, encoded), log_det, recon
+
+    def call(self, inputs, training=False, context=None):
         """Per-example log-likelihood: the cheap path when training, the exact one otherwise."""
-        return self.log_prob(inputs, exact=not training, training=training)
+        return self.log_prob(inputs, exact=not training, training=training, context=context)
 
     def bits_per_dim(self, nats):
         """Convert an NLL in nats per example to bits per dimension."""
@@ -281,25 +478,82 @@ class FlowModel(keras.Model):
 
     def fit(self, x=None, *args, **kwargs):
         self._build_from_data(x)
+        if self.conditional:
+            y = args[0] if args else kwargs.get("y")
+            self._check_context_data(x, y, "fit")
+            validation = kwargs.get("validation_data")
+            if validation is not None:
+                pairs = isinstance(validation, (tuple, list)) and len(validation) > 1
+                self._check_context_data(validation[0] if pairs else validation,
+                                         validation[1] if pairs else None, "validation_data")
         if isinstance(x, tf.data.Dataset) and len(args) < 8:
             kwargs.setdefault("shuffle", False)  # Keras ignores it for datasets, but warns
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
         self._build_from_data(x)
+        if self.conditional:
+            self._check_context_data(x, args[0] if args else kwargs.get("y"), "evaluate")
         self.refresh_log_dets()
         return super().evaluate(x, *args, **kwargs)
 
+    def _check_context_data(self, x, y, where):
+        """Before any step of a conditional model: every context of the data is checked as
+        :meth:`encode_context` does (``ValueError`` otherwise), so a bad label never trains.
+        Arrays at once; a finite ``tf.data`` dataset in one pass over its contexts (the images
+        are not decoded twice: only the second component is read); an infinite one at its first
+        batch (later batches are asserted in the step, except under XLA)."""
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            if not isinstance(spec, (tuple, list)) or len(spec) < 2:
+                raise ValueError(f"FlowModel.{where}: this model is conditional: the dataset must "
+                                 "yield (x, y) pairs, e.g. (image, label).")
+            counted = x.map(lambda *batch: (tf.shape(batch[0])[0], batch[1]))
+            if int(x.cardinality()) < 0:  # infinite or unknown: the first batch only
+                counted = counted.take(1)
+            for number, (rows, context) in enumerate(counted):
+                try:
+                    self.encode_context(context, int(rows), int(rows))
+                except ValueError as error:
+                    raise ValueError(f"FlowModel.{where}: batch {number + 1} of the data: "
+                                     f"{error}") from None
+            return
+        if x is None or isinstance(x, (tuple, list)) and not hasattr(x, "shape"):
+            if isinstance(x, (tuple, list)) and len(x) > 1:
+                x, y = x[0], x[1]
+            else:
+                return  # generators and PyDatasets: checked per batch in the step
+        if y is None:
+            raise ValueError(f"FlowModel.{where}: this model is conditional: give the contexts "
+                             "too (fit(x, y) or a dataset of (x, y) pairs).")
+        rows = len(x)
+        try:
+            self.encode_context(y, rows, rows)
+        except ValueError as error:
+            raise ValueError(f"FlowModel.{where}: {error}") from None
+
     # -- training / evaluation steps ----------------------------------------------------------
-    @staticmethod
-    def _unpack(data):
-        return data[0] if isinstance(data, (tuple, list)) else data
+    def _unpack(self, data):
+        """``(x, context)`` of a batch: ``(x, y)`` pairs for conditional models (the labels or
+        vectors); unconditional models use ``x`` and ignore anything after it."""
+        if not isinstance(data, (tuple, list)):
+            if self.conditional:
+                raise ValueError("FlowModel: this model is conditional: train and evaluate it on "
+                                 "(x, y) pairs (a dataset of (image, label) or fit(x, y)).")
+            return data, None
+        if self.conditional:
+            if len(data) < 2 or data[1] is None:
+                raise ValueError("FlowModel: this model is conditional: train and evaluate it on "
+                                 "(x, y) pairs (a dataset of (image, label) or fit(x, y)).")
+            return data[0], data[1]
+        return data[0], None
 
     def train_step(self, data):
-        x = self._unpack(data)
+        x, context = self._unpack(data)
         with tf.GradientTape() as tape:
-            z, log_det, recon = self.forward_with_reconstruction(x, training=True)
-            nll = -tf.reduce_mean(self.base_log_prob(z) + log_det)
+            base, log_det, recon = self._forward_and_base(x, exact=False, training=True,
+                                                          context=context)
+            nll = -tf.reduce_mean(base + log_det)
             loss = nll + recon
             # tf.distribute sums replica gradients: scale so the update is the global-batch mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -314,8 +568,8 @@ class FlowModel(keras.Model):
                            "recon": self.recon_tracker.result()})
 
     def test_step(self, data):
-        x = self._unpack(data)
-        nll = -self.log_prob(x, exact=True)
+        x, context = self._unpack(data)
+        nll = -self.log_prob(x, exact=True, context=context)
         self.nll_tracker.update_state(nll)
         self.bpd_tracker.update_state(self.bits_per_dim(nll))
         return _step_logs({"nll": self.nll_tracker.result(), "bpd": self.bpd_tracker.result()})
@@ -326,30 +580,41 @@ class FlowModel(keras.Model):
 
     # -- generation and diagnostics ------------------------------------------------------------
     def sample(self, n, exact_inverse: bool = False, temperature: float = 1.0,
-               seed=None) -> tf.Tensor:
-        """``n`` samples: ``z ~ N(0, T²I)`` pushed through the inverse (learned R by default).
+               seed=None, context=None) -> tf.Tensor:
+        """``n`` samples: ``z ~ N(0, T²I)`` (conditional base: ``μ(y) + σ(y)·N(0, T²I)``) pushed
+        through the inverse (learned R by default).
 
         ``n`` and ``seed`` may be Python ints or int32 scalar tensors (inside a ``tf.function``).
-        With a ``seed`` the result depends on nothing else (see the class docstring)."""
+        With a ``seed`` the result depends on nothing else (see the class docstring).
+        Conditional models need ``context``: ``n`` labels (or one label for all) or ``n``
+        vectors."""
         if not self.built:
             raise ValueError("FlowModel.sample: build the model first (call it on data once).")
         if not tf.is_tensor(n) and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
                                     or n < 1):
             raise ValueError(f"FlowModel.sample: n must be a positive int, got {n!r}.")
+        if context is not None and self.num_classes is not None:
+            context = tf.convert_to_tensor(context)
+            if context.shape.rank == 0:  # one label for every sample
+                context = tf.fill(tf.reshape(tf.cast(n, tf.int32), [1]), context)
+        static_n = None if tf.is_tensor(n) else int(n)
+        encoded = self.encode_context(context, n, static_n)
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
                            tf.constant(self.latent_shape, tf.int32)], axis=0)
         if seed is None:
             z = tf.random.normal(shape, stddev=temperature, dtype=self.compute_dtype)
-            return self.inverse(z, exact=exact_inverse, temperature=temperature)
-        z = tf.random.stateless_normal(shape, seed=_seed_pair(seed, 0), stddev=temperature,
-                                       dtype=self.compute_dtype)
-        return self.inverse(z, exact=exact_inverse, temperature=temperature,
-                            seed=tf.cast(seed, tf.int32) + 1)
+        else:
+            z = tf.random.stateless_normal(shape, seed=_seed_pair(seed, 0), stddev=temperature,
+                                           dtype=self.compute_dtype)
+        if self.base is not None:
+            z = self.base.from_standard(z, encoded)
+        walk_seed = None if seed is None else tf.cast(seed, tf.int32) + 1
+        return self._walk_inverse(z, exact_inverse, temperature, walk_seed, encoded)
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, context=None):
         """``f⁻¹(f(x))`` with the learned inverses: equals ``x`` where every R is exact."""
-        z, _ = self.forward(x)
-        return self.inverse(z)
+        z, _ = self.forward(x, context=context)
+        return self.inverse(z, context=context)
 
     def inverse_errors(self):
         """``{layer name: ‖RW − I‖_F}`` for every layer with a learned inverse."""
@@ -360,6 +625,9 @@ class FlowModel(keras.Model):
         config = super().get_config()
         config["flow_layers"] = [keras.saving.serialize_keras_object(layer)
                                  for layer in self.flow_layers]
+        if self.conditional:  # absent for unconditional models, as in files of earlier versions
+            config.update(num_classes=self.num_classes, context_dim=self.context_dim,
+                          conditional_base=self.conditional_base)
         return config
 
     @classmethod

@@ -83,7 +83,8 @@ def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_
 
 
 def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512, kernel_size=1,
-         reconstruction_weight=100.0, split_hidden_channels=None, seed=None, name="glow"):
+         reconstruction_weight=100.0, split_hidden_channels=None, num_classes=None,
+         context_dim=None, seed=None, name="glow"):
     """Glow of Table 1 / Table 2: per block a Squeeze, then ``steps_per_block`` steps
     [ActNorm, invertible conv, affine coupling], and a SplitPrior after every block but the last.
 
@@ -94,6 +95,11 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     or a list with one entry per block (e.g. ``[2, 8]``: fewer steps at full resolution, more at the
     coarse level, where a step is 4× cheaper); ``split_hidden_channels`` defaults to the first
     block's width.
+
+    Conditional Glow ``p(x | y)``: ``num_classes=K`` (integer labels) or ``context_dim=d`` (real
+    vectors) makes every coupling and SplitPrior conditional (a learned embedding of y added in
+    their networks) and the base a learned ``N(μ(y), σ(y)²)``; the linear layers (SNF or exact
+    1×1 convs) and ActNorm do not see y.
     """
     _check_choice(conv, ("selfnorm", "exact"), "conv")
     if conv == "exact" and kernel_size != 1:
@@ -101,6 +107,10 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     steps = _per_block(steps_per_block, num_blocks, "steps_per_block")
     widths = _per_block(hidden_channels, num_blocks, "hidden_channels")
     split_hidden_channels = split_hidden_channels or widths[0]
+    if num_classes is not None and context_dim is not None:
+        raise ValueError("glow: give num_classes (integer labels) or context_dim (real vectors), "
+                         "not both.")
+    width = num_classes or context_dim
     flow = preprocessing(seed=seed)
     for block in range(num_blocks):
         flow.append(L.Squeeze())
@@ -108,7 +118,7 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
             flow.append(L.ActNorm())
             flow.append(L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight)
                         if conv == "selfnorm" else L.Conv1x1())
-            flow.append(L.AffineCoupling(widths[block]))
+            flow.append(L.AffineCoupling(widths[block], context_dim=width))
         if block < num_blocks - 1:
-            flow.append(L.SplitPrior(split_hidden_channels))
-    return FlowModel(flow, name=name)
+            flow.append(L.SplitPrior(split_hidden_channels, context_dim=width))
+    return FlowModel(flow, num_classes=num_classes, context_dim=context_dim, name=name)

@@ -33,6 +33,7 @@ class Case:
     invert: Callable = None              # (layer, x, z) -> x: the exact inverse (SplitPrior: merge)
     accepts_integers: bool = False       # Dequantize takes the uint8 data itself
     no_xla: str = None                   # why the exact paths cannot compile with XLA (if so)
+    context_dim: int = None              # conditional layers: the width of their context
 
 
 def _normal(rng, batch, shape):
@@ -62,9 +63,16 @@ CASES = [
     Case("Conv1x1", lambda: L.Conv1x1(dtype="float64"), (3, 3, 3)),
     Case("AffineCoupling", lambda: L.AffineCoupling(hidden_channels=6, dtype="float64"), (3, 4, 4),
          perturb=0.1),
+    Case("AffineCoupling-conditional",
+         lambda: L.AffineCoupling(hidden_channels=6, context_dim=3, dtype="float64"), (3, 4, 4),
+         perturb=0.1, context_dim=3),
     Case("SplitPrior", lambda: L.SplitPrior(hidden_channels=6, dtype="float64"), (3, 3, 4),
          perturb=0.1, square_jacobian=False,
-         invert=lambda layer, x, z: layer.merge(z, layer.split(x)[1])),
+         invert=lambda layer, x, z, **c: layer.merge(z, layer.split(x, **c)[1], **c)),
+    Case("SplitPrior-conditional",
+         lambda: L.SplitPrior(hidden_channels=6, context_dim=2, dtype="float64"), (3, 3, 4),
+         perturb=0.1, square_jacobian=False, context_dim=2,
+         invert=lambda layer, x, z, **c: layer.merge(z, layer.split(x, **c)[1], **c)),
     Case("EmergingConv2D", lambda: L.EmergingConv2D(dtype="float64"), (4, 4, 2)),
     Case("ConvExponential", lambda: L.ConvExponential(dtype="float64"), (3, 5, 3)),
     Case("Dequantize", lambda: L.Dequantize(dtype="float64"), (4, 4, 1), sample=_pixels((4, 4, 1)),
@@ -80,6 +88,9 @@ CASES = [
     Case("LearnableLeakyReLU", lambda: L.LearnableLeakyReLU(alpha=0.7, dtype="float64"), (3, 3, 2)),
     Case("RealNVPCoupling", lambda: RealNVPCoupling((8,), reverse=True, dtype="float64"), (6,),
          perturb=0.1),
+    Case("RealNVPCoupling-conditional",
+         lambda: RealNVPCoupling((8,), reverse=True, context_dim=4, dtype="float64"), (6,),
+         perturb=0.1, context_dim=4),
     Case("SplineActivation", lambda: L.SplineActivation(dtype="float64"), (3, 3, 2), perturb=0.3,
          sample=lambda rng, b: 4 * rng.standard_normal((b, 3, 3, 2))),
     # the worked example of docs/adding_a_layer.md: one row, the whole table
@@ -109,11 +120,20 @@ def _inputs(case, batch, seed=0):
     return (case.sample or (lambda r, b: _normal(r, b, case.shape)))(rng, batch)
 
 
+def _ctx(case, x):
+    """``{"context": ...}`` for a conditional case (one fixed row per example index, so a slice
+    of a batch gets its own rows), ``{}`` otherwise."""
+    if not case.context_dim:
+        return {}
+    table = np.random.default_rng(11).standard_normal((8, case.context_dim))
+    return {"context": table[:len(x)]}
+
+
 def _built(case, batch=4):
     """A layer built, initialised by one training-mode forward, and optionally perturbed."""
     layer = case.make()
     x = _inputs(case, batch)
-    layer.forward(x, training=True)
+    layer.forward(x, training=True, **_ctx(case, x))
     if case.perturb:
         perturb(layer, case.perturb)
     if hasattr(layer, "inverse_kernel") and hasattr(layer, "kernel"):
@@ -130,9 +150,11 @@ def test_round_trip(case, mode):
     layer = _built(case)
     x = tf.constant(_inputs(case, 5, seed=1))
 
+    c = _ctx(case, x)
+
     def round_trip():
-        z, _ = layer.forward(x)
-        return case.invert(layer, x, z) if case.invert else layer.inverse(z, exact=True)
+        z, _ = layer.forward(x, **c)
+        return case.invert(layer, x, z, **c) if case.invert else layer.inverse(z, exact=True, **c)
 
     np.testing.assert_allclose(_in_mode(mode, case, layer, round_trip), x, atol=case.inverse_atol)
 
@@ -161,13 +183,14 @@ def test_log_det_equals_slogdet_of_autodiff_jacobian(case, mode):
         pytest.skip("drops dimensions: its log-density term is checked in its own test file")
     layer = _built(case)
     x = tf.constant(_inputs(case, 3, seed=2))
+    c = _ctx(case, x)
 
     def jacobian_and_log_dets():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            z, log_det = layer.forward(x, exact=True)
+            z, log_det = layer.forward(x, exact=True, **c)
             z = tf.reshape(z, [3, -1])
-        return tape.batch_jacobian(z, x), log_det, layer.forward(x, exact=False)[1]
+        return tape.batch_jacobian(z, x), log_det, layer.forward(x, exact=False, **c)[1]
 
     jac, log_det, cheap = _in_mode(mode, case, layer, jacobian_and_log_dets)
     jac = jac.numpy().reshape(3, jac.shape[1], -1)
@@ -185,19 +208,20 @@ def test_every_trainable_weight_gets_a_gradient(case, mode):
     one check of the backward pass of layers without weights)."""
     layer = _built(case)
     x = tf.constant(_inputs(case, 4, seed=3))
+    c = _ctx(case, x)
 
     def gradients():
         with tf.GradientTape() as tape:
             tape.watch(x)
-            z, log_det, recon = layer.forward_with_reconstruction(x, training=True)
+            z, log_det, recon = layer.forward_with_reconstruction(x, training=True, **c)
             loss = nll(z, log_det) + (0.0 if recon is None else recon)
         return tape.gradient(loss, [x] + layer.trainable_weights)
 
     dx, *grads = _in_mode(mode, case, layer, gradients)
     assert np.all(np.isfinite(dx)) and np.any(dx != 0), dx
     if mode == "eager":  # forward() registers the same reconstruction loss with add_loss
-        _, _, recon = layer.forward_with_reconstruction(x, training=True)
-        layer.forward(x, training=True)
+        _, _, recon = layer.forward_with_reconstruction(x, training=True, **c)
+        layer.forward(x, training=True, **c)
         assert (recon is None and not layer.losses) or np.isclose(float(recon),
                                                                   float(sum(layer.losses)))
     for w, g in zip(layer.trainable_weights, grads):
@@ -210,33 +234,43 @@ def test_every_trainable_weight_gets_a_gradient(case, mode):
 def test_config_and_keras_file_round_trip(case, tmp_path):
     layer = _built(case)
     x = _inputs(case, 3, seed=4)
-    z, log_det = layer.forward(x, exact=True)
+    c = _ctx(case, x)
+    z, log_det = layer.forward(x, exact=True, **c)
     clone = type(layer).from_config(layer.get_config())
-    clone.forward(x)  # builds
+    clone.forward(x, **c)  # builds
     clone.set_weights(layer.get_weights())
-    z2, log_det2 = clone.forward(x, exact=True)
+    z2, log_det2 = clone.forward(x, exact=True, **c)
     np.testing.assert_allclose(z2, z, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(log_det2, log_det, rtol=1e-10, atol=1e-10)
 
     path = str(tmp_path / "layer.keras")
-    keras.Sequential([keras.Input(case.shape, dtype="float64"), layer]).save(path)
-    loaded = keras.models.load_model(path).layers[0]
+    if case.context_dim:  # a conditional layer is called with its context: save it in a model
+        from snf_tf import FlowModel
+        model = FlowModel([layer], context_dim=case.context_dim, conditional_base=False,
+                          dtype="float64")
+        model.build((None,) + case.shape)
+        model.save(path)
+        loaded = keras.models.load_model(path).flow_layers[0]
+    else:
+        keras.Sequential([keras.Input(case.shape, dtype="float64"), layer]).save(path)
+        loaded = keras.models.load_model(path).layers[0]
     assert type(loaded) is type(layer) and loaded.get_config() == layer.get_config()
     # inverse first: the loaded layer knows its shapes and has every weight (R too) before forward
     for exact in (False, True):
-        np.testing.assert_allclose(loaded.inverse(z, exact=exact, seed=(5, 0)),
-                                   layer.inverse(z, exact=exact, seed=(5, 0)),
+        np.testing.assert_allclose(loaded.inverse(z, exact=exact, seed=(5, 0), **c),
+                                   layer.inverse(z, exact=exact, seed=(5, 0), **c),
                                    rtol=1e-12, atol=1e-12)
-    z3, log_det3 = loaded.forward(x, exact=True)
+    z3, log_det3 = loaded.forward(x, exact=True, **c)
     np.testing.assert_allclose(z3, z, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(log_det3, log_det, rtol=1e-10, atol=1e-10)
 
 
 def _inverses(case, layer, x, z):
     """The exact inverse of ``z`` and, where the layer has one, its learned inverse."""
+    c = _ctx(case, x)
     if case.invert:
-        return (case.invert(layer, x, z),)
-    exact = layer.inverse(z, exact=True)
+        return (case.invert(layer, x, z, **c),)
+    exact = layer.inverse(z, exact=True, **c)
     return (exact, layer.inverse(z)) if layer.learns_inverse else (exact,)
 
 
@@ -248,14 +282,15 @@ def test_batch_size_independence(case, mode):
     the inverses do not depend on the batch size either."""
     layer = _built(case)
     x = tf.constant(_inputs(case, 7, seed=5))
-    z_eager, log_det_eager = layer.forward(x, exact=True)
+    c, c1 = _ctx(case, x), _ctx(case, x[:1])
+    z_eager, log_det_eager = layer.forward(x, exact=True, **c)
     x_eager = _inverses(case, layer, x, z_eager)
     for back1, back in zip(_inverses(case, layer, x[:1], z_eager[:1]), x_eager):
         np.testing.assert_allclose(back1, back[:1], rtol=1e-10, atol=1e-10)
 
     def outputs():
-        z, log_det = layer.forward(x, exact=True)
-        z1, log_det1 = layer.forward(x[:1], exact=True)
+        z, log_det = layer.forward(x, exact=True, **c)
+        z1, log_det1 = layer.forward(x[:1], exact=True, **c1)
         learned = layer.inverse(z_eager) if layer.learns_inverse else z_eager
         return z, log_det, z1, log_det1, learned
 
@@ -291,7 +326,7 @@ def test_bad_input_raises_value_error(case):
         poisoned[-1].flat[0] = bad
         with pytest.raises(L.NonFiniteError, match="1 non-finite value"):
             layer.forward(poisoned)
-    z = np.array(layer.forward(x)[0])
+    z = np.array(layer.forward(x, **_ctx(case, x))[0])
     with pytest.raises(ValueError, match=f"rank {z.ndim}"):
         layer.inverse(z[..., None], exact=True)
     if not case.accepts_integers:
@@ -312,6 +347,49 @@ def test_half_precision_is_refused_at_construction(case, dtype):
     message = "mixed precision .* not supported" if dtype.startswith("mixed") else "not supported"
     with pytest.raises(ValueError, match=message):
         type(case.make())(**{**config, "dtype": dtype})
+
+
+CONDITIONAL = [c for c in CASES if c.context_dim]
+
+
+@pytest.mark.parametrize("case", CONDITIONAL, ids=[c.name for c in CONDITIONAL])
+def test_conditional_layer_depends_on_its_context_and_checks_it(case):
+    """z changes with the context (and only through it for a fixed x); the inverse needs the same
+    context; a missing, misshapen, non-float, non-finite or mis-batched context is refused."""
+    layer = _built(case)
+    x = _inputs(case, 3, seed=7)
+    c = _ctx(case, x)["context"]
+    z, log_det = layer.forward(x, exact=True, context=c)
+    z_other, log_det_other = layer.forward(x, exact=True, context=c[::-1].copy())
+    # example 0 got example 2's context: its z or log-det moves (SplitPrior: the log-density of
+    # the dropped half); example 1 kept its own and is unchanged
+    moved = max(np.abs(np.asarray(z_other) - np.asarray(z))[0].max(),
+                abs(float(log_det_other[0]) - float(log_det[0])))
+    assert moved > 1e-6
+    np.testing.assert_allclose(np.asarray(z_other)[1], np.asarray(z)[1], atol=1e-12)
+    np.testing.assert_allclose(log_det_other[1], log_det[1], atol=1e-12)
+    inverse = (case.invert(layer, x, z, context=c) if case.invert
+               else layer.inverse(z, exact=True, context=c))
+    np.testing.assert_allclose(inverse, x, atol=1e-10)
+    for bad, message in [(None, "needs a context"), (c[:, :-1], "must have shape"),
+                         (c[:2], "rows for a batch of 3"), (c.astype("int32"), "must be floats"),
+                         (np.where(np.arange(c.size).reshape(c.shape) == 0, np.nan, c),
+                          "non-finite")]:
+        with pytest.raises(ValueError, match=message):
+            layer.forward(x, context=bad)
+    with pytest.raises(ValueError, match="needs a context"):
+        layer.inverse(z, exact=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.context_dim][:6],
+                         ids=[c.name for c in CASES if not c.context_dim][:6])
+def test_unconditional_layer_refuses_a_context(case):
+    layer = _built(case)
+    x = _inputs(case, 2)
+    with pytest.raises(ValueError, match="takes no context"):
+        layer.forward(x, context=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="takes no context"):
+        layer.inverse(np.asarray(layer.forward(x)[0]), context=np.zeros((2, 3)))
 
 
 def test_every_flow_layer_is_in_the_table():

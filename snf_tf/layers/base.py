@@ -64,7 +64,10 @@ class FlowLayer(keras.layers.Layer):
     ==================================================  ============================================
 
     ``log_det`` is ``log|det ∂z/∂x|`` in nats per example (a scalar from ``_forward`` is broadcast
-    to ``[batch]``). ``exact=False`` is the cheap training path (SNF layers: value 0 with the
+    to ``[batch]``). A layer built with a ``context_dim`` (``uses_context``) is conditional: its
+    public methods take ``context`` (``[batch, context_dim]`` floats, e.g. a one-hot label; the
+    hooks then receive it as ``context=``), and refuse to run without one; every other layer
+    refuses a context. ``exact=False`` is the cheap training path (SNF layers: value 0 with the
     self-normalized gradient); ``exact=True`` the true value. Only layers that declare
     ``draws_on_forward`` receive ``noise`` and ``seed`` in ``_forward``; only layers that declare
     ``samples_on_inverse`` receive ``temperature`` and ``seed`` in ``_inverse``. Seeds follow one
@@ -100,6 +103,11 @@ class FlowLayer(keras.layers.Layer):
     supports_xla: bool = True
     #: keeps a cached exact log-det (``refresh_log_det``, ``frozen_log_det``)
     has_log_det_cache: bool = False
+    #: the map depends on a context vector (``context_dim`` features); set per instance by the
+    #: layers that can be conditional (couplings, SplitPrior), False for all others
+    uses_context: bool = False
+    #: width of the context a conditional layer takes (None: unconditional)
+    context_dim: int | None = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -170,18 +178,20 @@ class FlowLayer(keras.layers.Layer):
         return self.forward(inputs, training=bool(training))[0]
 
     def forward(self, x: Tensor, exact: bool = False, training: bool = False,
-                noise: bool | None = None, seed: Seed = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(z, log|det ∂z/∂x|)`` per example. With ``training=True`` a learned inverse's
-        reconstruction loss is registered with ``add_loss`` (``forward_with_reconstruction``
-        returns it instead)."""
-        z, log_det, recon = self.forward_with_reconstruction(x, exact, training, noise, seed)
+                noise: bool | None = None, seed: Seed = None,
+                context: Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(z, log|det ∂z/∂x|)`` per example (given ``context`` for a conditional layer). With
+        ``training=True`` a learned inverse's reconstruction loss is registered with
+        ``add_loss`` (``forward_with_reconstruction`` returns it instead)."""
+        z, log_det, recon = self.forward_with_reconstruction(x, exact, training, noise, seed,
+                                                             context)
         if recon is not None:
             self._register_reconstruction(recon)
         return z, log_det
 
     def forward_with_reconstruction(
             self, x: Tensor, exact: bool = False, training: bool = False,
-            noise: bool | None = None, seed: Seed = None,
+            noise: bool | None = None, seed: Seed = None, context: Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """``(z, log_det, recon)``: ``forward`` plus this batch's λ-weighted reconstruction loss
         (``None`` for layers without a learned inverse, or when not training), returned rather
@@ -189,6 +199,9 @@ class FlowLayer(keras.layers.Layer):
         ``tf.distribute`` strategy, a return value is not (``FlowModel`` uses this path)."""
         x = self._check_input(x, "x")
         extra = {"noise": noise, "seed": seed} if self.draws_on_forward else {}
+        context = self._check_context(context, x)
+        if self.uses_context:
+            extra["context"] = context
         z, log_det, recon = self._forward_with_reconstruction(
             x, exact=bool(exact), training=bool(training), **extra)
         return z, tf.broadcast_to(log_det, tf.shape(x)[:1]), recon
@@ -201,18 +214,23 @@ class FlowLayer(keras.layers.Layer):
         raise NotImplementedError(f"{type(self).__name__} must implement _forward()")
 
     def inverse(self, z: Tensor, exact: bool = False, temperature: float = 1.0,
-                seed: Seed = None) -> tf.Tensor:
+                seed: Seed = None, context: Tensor | None = None) -> tf.Tensor:
         """``x = f⁻¹(z)``: exact, or through the learned inverse where the layer has one and
         ``exact`` is False. Layers that dropped dimensions sample them from N(0, T²) with
-        ``seed`` (see :func:`draw`)."""
+        ``seed`` (see :func:`draw`). A conditional layer needs the ``context`` of ``forward``."""
         if not tf.is_tensor(z):
             z = tf.convert_to_tensor(z)
         if not self.built and z.shape.rank is not None:
             self._build_from_latent(tuple(z.shape))
         z = self._check_input(z, "z")
+        extra = {}
+        context = self._check_context(context, z)
+        if self.uses_context:
+            extra["context"] = context
         if self.samples_on_inverse:
-            return self._inverse(z, exact=bool(exact), temperature=temperature, seed=seed)
-        return self._inverse(z, exact=bool(exact))
+            return self._inverse(z, exact=bool(exact), temperature=temperature, seed=seed,
+                                 **extra)
+        return self._inverse(z, exact=bool(exact), **extra)
 
     def _inverse(self, z, exact):
         raise NotImplementedError(f"{type(self).__name__} must implement _inverse()")
@@ -280,6 +298,34 @@ class FlowLayer(keras.layers.Layer):
         check_event_shape(self, x.shape, name, self._expected_shape(name))
         check_batch_values(x, self.name, name)
         return tf.cast(x, self.compute_dtype)
+
+    def _check_context(self, context, x):
+        """``context`` as a ``[batch, context_dim]`` tensor of the layer's dtype for a conditional
+        layer (``ValueError`` if missing, of the wrong rank, width, dtype or batch, or not
+        finite); ``ValueError`` if given to a layer without one; None otherwise."""
+        if not self.uses_context:
+            if context is not None:
+                raise ValueError(f"{self.name}: {type(self).__name__} takes no context (it is "
+                                 "not conditional); pass context=None.")
+            return None
+        if context is None:
+            raise ValueError(f"{self.name}: this {type(self).__name__} is conditional "
+                             f"(context_dim={self.context_dim}) and needs a context: pass "
+                             f"context=[batch, {self.context_dim}] floats.")
+        if not tf.is_tensor(context):
+            context = tf.convert_to_tensor(context)
+        if not context.dtype.is_floating:
+            raise ValueError(f"{self.name}: the context must be floats (a one-hot label or a "
+                             f"vector), got dtype {context.dtype.name}.")
+        if context.shape.rank != 2 or context.shape[-1] != self.context_dim:
+            raise ValueError(f"{self.name}: the context must have shape [batch, "
+                             f"{self.context_dim}], got {tuple(context.shape)}.")
+        batch, context_batch = x.shape[0], context.shape[0]
+        if batch is not None and context_batch is not None and batch != context_batch:
+            raise ValueError(f"{self.name}: the context has {context_batch} rows for a batch of "
+                             f"{batch}; give one context row per example.")
+        check_batch_values(context, self.name, "the context")
+        return tf.cast(context, self.compute_dtype)
 
     def _expected_shape(self, name):
         """Per-example shape that ``name`` ("x" or "z") must have."""

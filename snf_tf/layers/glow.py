@@ -239,14 +239,24 @@ class AffineCoupling(_NHWCLayer):
     At init the layer is the identity (zero last conv). Sub-layers (Keras ``Conv2D``, built in
     ``build``): ``conv_in``, ``conv_hidden``, ``conv_zero``.
 
+    **Conditional** (``context_dim`` given): NN(x₁, c) adds a learned projection of the context,
+    ``c @ context_projection`` (``[context_dim, hidden]``, no bias), to the first conv's output at
+    every position — with a one-hot label c, a learned per-class embedding broadcast over H×W (as
+    in class-conditional Glow). The log-det formula is unchanged (the network still sees x₁ only
+    of x), so the layer stays exactly invertible given c.
+
     Args:
         hidden_channels: width of the network (512 in the paper; 16 in the GECO experiment).
+        context_dim: width of the context vector of a conditional coupling (None: unconditional).
     """
 
-    def __init__(self, hidden_channels=512, **kwargs):
+    def __init__(self, hidden_channels=512, context_dim=None, **kwargs):
         super().__init__(**kwargs)
         self.hidden_channels = check_positive_int(hidden_channels, "hidden_channels",
                                                   "AffineCoupling")
+        self.context_dim = None if context_dim is None else check_positive_int(
+            context_dim, "context_dim", "AffineCoupling")
+        self.uses_context = self.context_dim is not None
 
     def _build_for_shape(self, event_shape):
         channels = event_shape[-1]
@@ -269,34 +279,45 @@ class AffineCoupling(_NHWCLayer):
             dtype=self.dtype_policy, name="conv_zero")
         self.conv_zero.build((None, None, None, hidden))
         self.zero_logs = self.add_weight(name="zero_logs", shape=(channels,), initializer="zeros")
+        if self.uses_context:  # PyTorch's Linear init, as the convs
+            bound = 1.0 / math.sqrt(self.context_dim)
+            self.context_projection = self.add_weight(
+                name="context_projection", shape=(self.context_dim, hidden),
+                initializer=keras.initializers.RandomUniform(-bound, bound))
 
-    def scale_and_shift(self, x1):
+    def scale_and_shift(self, x1, context=None):
         """``(log s, t)`` of the network at the conditioning half ``x1``
-        (each with C/2 channels)."""
-        h = tf.nn.relu(self.conv_in(x1))
+        (each with C/2 channels), given ``context`` ``[batch, context_dim]`` if conditional."""
+        h = self.conv_in(x1)
+        if self.uses_context:
+            embedding = tf.matmul(context, tf.convert_to_tensor(self.context_projection))
+            h = h + embedding[:, None, None, :]
+        h = tf.nn.relu(h)
         h = tf.nn.relu(self.conv_hidden(h))
         h = self.conv_zero(h) * tf.exp(3.0 * tf.convert_to_tensor(self.zero_logs))
         log_s = 2.0 * tf.tanh(h[..., 0::2] / 2.0)
         return log_s, h[..., 1::2]
 
-    def _forward(self, x, exact, training):
+    def _forward(self, x, exact, training, context=None):
         """``z = [x₁, x₂·e^{log s} + t]`` and ``Σ log s`` per example (``exact`` is ignored)."""
         half = self.channels // 2
         x1, x2 = x[..., :half], x[..., half:]
-        log_s, shift = self.scale_and_shift(x1)
+        log_s, shift = self.scale_and_shift(x1, context)
         z = tf.concat([x1, x2 * tf.exp(log_s) + shift], axis=-1)
         return z, tf.reduce_sum(log_s, axis=[1, 2, 3])
 
-    def _inverse(self, z, exact):
+    def _inverse(self, z, exact, context=None):
         """``x = [z₁, (z₂ − t)·e^{−log s}]`` (exact)."""
         half = self.channels // 2
         z1, z2 = z[..., :half], z[..., half:]
-        log_s, shift = self.scale_and_shift(z1)
+        log_s, shift = self.scale_and_shift(z1, context)
         return tf.concat([z1, (z2 - shift) * tf.exp(-log_s)], axis=-1)
 
     def get_config(self):
         config = super().get_config()
         config.update(hidden_channels=self.hidden_channels)
+        if self.context_dim is not None:  # absent for unconditional layers, as in older files
+            config.update(context_dim=self.context_dim)
         return config
 
 
@@ -320,15 +341,19 @@ class SplitPrior(_NHWCLayer):
     ``SeedGenerator``, seeded by the constructor's ``seed``; an int; a stateless pair);
     :meth:`merge` takes a given dropped half instead (exact round trips with :meth:`split`).
 
+    Conditional (``context_dim`` given): the coupling is a conditional :class:`AffineCoupling`,
+    so ``forward``, ``inverse``, :meth:`split` and :meth:`merge` take the ``context``.
+
     Args:
         hidden_channels: width of the coupling network (512 in the paper).
         seed: optional int seed of the layer's sampling ``SeedGenerator``.
+        context_dim: width of the context vector of a conditional split (None: unconditional).
     """
 
     samples_on_inverse = True
     preserves_shape = False
 
-    def __init__(self, hidden_channels=512, seed=None, **kwargs):
+    def __init__(self, hidden_channels=512, seed=None, context_dim=None, **kwargs):
         super().__init__(**kwargs)
         self.hidden_channels = check_positive_int(hidden_channels, "hidden_channels", "SplitPrior")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
@@ -336,8 +361,11 @@ class SplitPrior(_NHWCLayer):
             raise ValueError(f"SplitPrior: seed must be a non-negative int or None, got {seed!r}.")
         self.seed = None if seed is None else int(seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.coupling = AffineCoupling(self.hidden_channels, dtype=self.dtype_policy,
-                                       name="coupling")
+        self.context_dim = None if context_dim is None else check_positive_int(
+            context_dim, "context_dim", "SplitPrior")
+        self.uses_context = self.context_dim is not None
+        self.coupling = AffineCoupling(self.hidden_channels, context_dim=self.context_dim,
+                                       dtype=self.dtype_policy, name="coupling")
 
     def _build_for_shape(self, event_shape):
         channels = event_shape[-1]
@@ -353,38 +381,42 @@ class SplitPrior(_NHWCLayer):
         channels = input_shape[-1]
         return input_shape[:-1] + (None if channels is None else channels // 2,)
 
-    def split(self, x, training=False):
+    def split(self, x, training=False, context=None):
         """``(kept, dropped, log_det)``: the coupling output's two halves and the forward log-det
         (coupling log-det + log N(dropped))."""
-        return self._split(self._check_input(x), training)
+        x = self._check_input(x)
+        return self._split(x, training, self._check_context(context, x))
 
-    def _split(self, x, training):
-        y, coupling_log_det = self.coupling.forward(x, training=training)
+    def _split(self, x, training, context=None):
+        y, coupling_log_det = self.coupling.forward(x, training=training, context=context)
         half = self.channels // 2
         kept, dropped = y[..., :half], y[..., half:]
         log_normal = -0.5 * tf.reduce_sum(tf.square(dropped) + _LOG_2PI, axis=[1, 2, 3])
         return kept, dropped, coupling_log_det + log_normal
 
-    def _forward(self, x, exact, training):
+    def _forward(self, x, exact, training, context=None):
         """``(kept half, coupling log-det + log N(dropped half))`` per example."""
-        kept, _, log_det = self._split(x, training)
+        kept, _, log_det = self._split(x, training, context)
         return kept, log_det
 
-    def _inverse(self, z, exact, temperature, seed):
+    def _inverse(self, z, exact, temperature, seed, context=None):
         """``x`` from the kept half ``z`` and a dropped half sampled from N(0, T²)."""
         dropped = draw("normal", tf.shape(z), z.dtype, seed, self.seed_generator,
                        stddev=temperature)
-        return self.coupling.inverse(tf.concat([z, dropped], axis=-1))
+        return self.coupling.inverse(tf.concat([z, dropped], axis=-1), context=context)
 
-    def merge(self, kept, dropped):
+    def merge(self, kept, dropped, context=None):
         """The exact inverse of :meth:`split`: ``x`` from both halves."""
         if not self.built:
             raise ValueError(f"{self.name}: build the layer (call it on data once) before merge().")
         kept = self._check_input(kept, "z")
         dropped = self._check_input(dropped, "dropped")  # the shape of the kept half
-        return self.coupling.inverse(tf.concat([kept, dropped], axis=-1))
+        context = self._check_context(context, kept)
+        return self.coupling.inverse(tf.concat([kept, dropped], axis=-1), context=context)
 
     def get_config(self):
         config = super().get_config()
         config.update(hidden_channels=self.hidden_channels, seed=self.seed)
+        if self.context_dim is not None:
+            config.update(context_dim=self.context_dim)
         return config
