@@ -21,10 +21,12 @@ __version__ = "0.1.0"
 _SUBMODULES = ("bijectors", "callbacks", "data", "experiments", "export", "layers", "model",
                "models", "ops", "training")
 _NAMES = {"FlowLayer": "snf_tf.layers", "SelfNormConv2D": "snf_tf.layers",
-          "SelfNormDense": "snf_tf.layers", "FlowModel": "snf_tf.model"}
+          "SelfNormDense": "snf_tf.layers", "FlowModel": "snf_tf.model",
+          "ConditionalNormal": "snf_tf.model"}
 
-__all__ = ["FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense", "bijectors", "callbacks",
-           "data", "experiments", "export", "layers", "models", "ops", "training", "__version__"]
+__all__ = ["ConditionalNormal", "FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense",
+           "bijectors", "callbacks", "data", "experiments", "export", "layers", "models", "ops",
+           "training", "__version__"]
 
 
 def __getattr__(name):

@@ -29,6 +29,12 @@ N(0, T²). Its ``forward_log_det_jacobian`` raises; the distribution's
 ``experimental_sample_and_log_prob`` samples and then evaluates ``log_prob`` (through W), which is
 also what SNF models need.
 
+**Conditional** layers and models: a view holds the (encoded) context it applies,
+``FlowBijector(layer, context=c)`` with ``c`` of shape ``[rows, context_dim]``; an input of
+``k · rows`` examples (e.g. ``sample(k)`` of a batch of contexts) uses each row for its ``k``
+examples. ``FlowModel.as_distribution(context=y)`` is then the batch of distributions
+``p(x | y_i)`` (batch shape ``[len(y)]``; ``[]`` for one label) over the learned conditional base.
+
 When to use the views: interop with TFP code (composing with stock bijectors,
 ``TransformedDistribution`` APIs), sampling and evaluation. Training goes through the Keras model
 (``FlowModel.fit``): ``TransformedDistribution.trainable_variables`` does not see Keras 3 variables,
@@ -129,6 +135,8 @@ class FlowBijector(tfb.Bijector):
         exact_inverse: ``forward`` (z → x) through an exact solve instead of the learned inverse R;
             defaults to ``exact``.
         training: passed to the layer's ``forward`` (e.g. Dequantize adds noise when True).
+        context: a conditional layer's context, ``[rows, context_dim]`` floats (required for
+            conditional layers, refused by others).
 
     The view holds no variables of its own and reads the layer's at every call (nothing is cached).
     Inputs may have any number of leading batch axes (including none).
@@ -137,10 +145,16 @@ class FlowBijector(tfb.Bijector):
     _cache = _NoCache()
 
     def __init__(self, layer, exact=False, exact_inverse=None, training=False,
-                 validate_args=False, name=None):
+                 validate_args=False, name=None, context=None):
         parameters = dict(locals())
         if not isinstance(layer, FlowLayer):
             raise ValueError(f"FlowBijector: {layer!r} is not a snf_tf flow layer.")
+        if layer.uses_context and context is None:
+            raise ValueError(f"FlowBijector: {layer.name} is conditional; give the view its "
+                             f"context=[rows, {layer.context_dim}].")
+        if not layer.uses_context and context is not None:
+            raise ValueError(f"FlowBijector: {layer.name} takes no context.")
+        self._context = None if context is None else tf.convert_to_tensor(context)
         if layer.samples_on_inverse and not self._allows_sampling_inverse:
             raise ValueError(
                 f"FlowBijector: {layer.name} ({type(layer).__name__}) drops dimensions and is not "
@@ -180,8 +194,19 @@ class FlowBijector(tfb.Bijector):
         return self._exact_inverse
 
     # -- the maps ---------------------------------------------------------------------------
+    def _context_for(self, t):
+        """``{"context": ...}`` with one row per example of ``t`` (the view's rows, each repeated
+        for the k samples of a ``k · rows`` input), ``{}`` for unconditional layers."""
+        if self._context is None:
+            return {}
+        rows, given = tf.shape(t)[0], tf.shape(self._context)[0]
+        if tf.executing_eagerly() and int(rows) % int(given):
+            raise ValueError(f"{self.name}: {int(rows)} examples for a context of {int(given)} "
+                             "rows; give one row per example (or k examples per row).")
+        return {"context": tf.tile(self._context, [rows // given, 1])}
+
     def _layer_inverse(self, z):
-        return self._layer.inverse(z, exact=self._exact_inverse)
+        return self._layer.inverse(z, exact=self._exact_inverse, **self._context_for(z))
 
     def _forward(self, z):
         return _per_example(lambda t: (self._layer_inverse(t),), z, len(self._z_event))[0]
@@ -189,7 +214,8 @@ class FlowBijector(tfb.Bijector):
     def _normalize(self, x):
         """``(z, log_det)`` of the layer at x, any leading batch axes."""
         return _per_example(
-            lambda t: self._layer.forward(t, exact=self._exact, training=self._training),
+            lambda t: self._layer.forward(t, exact=self._exact, training=self._training,
+                                          **self._context_for(t)),
             x, len(self._x_event))
 
     def _inverse(self, x):
@@ -252,14 +278,15 @@ class _SplitPriorView(FlowBijector):
     _allows_sampling_inverse = True
 
     def __init__(self, layer, exact=False, exact_inverse=None, training=False, temperature=1.0,
-                 validate_args=False, name=None):
+                 validate_args=False, name=None, context=None):
         self._temperature = float(temperature)
         super().__init__(layer, exact=exact, exact_inverse=exact_inverse, training=training,
-                         validate_args=validate_args, name=name)
+                         validate_args=validate_args, name=name, context=context)
         self._parameters = dict(self._parameters, temperature=temperature)
 
     def _layer_inverse(self, z):
-        return self._layer.inverse(z, exact=self._exact_inverse, temperature=self._temperature)
+        return self._layer.inverse(z, exact=self._exact_inverse, temperature=self._temperature,
+                                   **self._context_for(z))
 
     def _forward_log_det_jacobian(self, z):
         raise NotImplementedError(
@@ -322,31 +349,67 @@ class FlowDistribution(_TransformedBase):
         return y, self.log_prob(y, **kwargs)
 
 
-def _view(layer, exact, exact_inverse, training, temperature):
+def _view(layer, exact, exact_inverse, training, temperature, context=None):
+    context = context if layer.uses_context else None
     if layer.samples_on_inverse:
         return _SplitPriorView(layer, exact=exact, exact_inverse=exact_inverse, training=training,
-                               temperature=temperature)
-    return FlowBijector(layer, exact=exact, exact_inverse=exact_inverse, training=training)
+                               temperature=temperature, context=context)
+    return FlowBijector(layer, exact=exact, exact_inverse=exact_inverse, training=training,
+                        context=context)
 
 
-def model_bijector(model, exact=False, exact_inverse=None, training=False, temperature=1.0):
-    """:class:`Chain` of the views of ``model.flow_layers`` (forward = z → x, inverse = x → z)."""
+def _encoded_context(model, context):
+    """``(encoded [rows, width] or None, whether one scalar label was given)``."""
+    if context is None:
+        model.encode_context(None, 0)  # ValueError for conditional models
+        return None, False
+    context = tf.convert_to_tensor(context)
+    scalar = model.num_classes is not None and context.shape.rank == 0
+    if scalar:
+        context = context[None]
+    rows = int(context.shape[0]) if context.shape.rank else 1
+    return model.encode_context(context, rows, rows), scalar
+
+
+def model_bijector(model, exact=False, exact_inverse=None, training=False, temperature=1.0,
+                   context=None):
+    """:class:`Chain` of the views of ``model.flow_layers`` (forward = z → x, inverse = x → z);
+    conditional models: the views of their conditional layers hold ``context``."""
     if not model.built:
         raise ValueError("FlowModel.as_bijector: build the model first (call it on data once).")
-    views = [_view(layer, exact, exact_inverse, training, temperature)
+    encoded, _ = _encoded_context(model, context)
+    views = [_view(layer, exact, exact_inverse, training, temperature, encoded)
              for layer in model.flow_layers]
     return Chain(views, validate_event_size=False, name=f"{model.name}_bijector")
 
 
-def model_distribution(model, exact=True, exact_inverse=False, temperature=1.0):
+def model_distribution(model, exact=True, exact_inverse=False, temperature=1.0, context=None):
     """``TransformedDistribution`` of the model over N(0, I) on ``model.latent_shape``.
 
     ``log_prob(x)`` equals ``model.log_prob(x, exact=exact)``; ``sample()`` pushes base samples
     through the layers' inverses (learned R unless ``exact_inverse``), like ``model.sample``.
+    Conditional models: the batch of ``p(x | y_i)`` for the rows of ``context`` (batch shape
+    ``[rows]``, ``[]`` for one label) over the conditional base.
     """
+    if not model.built:
+        raise ValueError("FlowModel.as_distribution: build the model first (call it on data "
+                         "once).")
+    encoded, scalar = _encoded_context(model, context)
     bijector = model_bijector(model, exact=exact, exact_inverse=exact_inverse,
-                              temperature=temperature)
+                              temperature=temperature, context=context)
     dtype = tf.as_dtype(model.compute_dtype)
-    base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
-                      sample_shape=list(model.latent_shape))
+    if encoded is None:
+        base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),
+                          sample_shape=list(model.latent_shape))
+    else:
+        if model.base is not None:
+            mean, log_scale = model.base.parameters(encoded)
+            scale = tf.exp(log_scale)
+        else:
+            mean = tf.zeros(tf.concat([tf.shape(encoded)[:1], model.latent_shape], 0), dtype)
+            scale = tf.ones_like(mean)
+        if scalar:
+            mean, scale = mean[0], scale[0]
+        base = tfd.Independent(tfd.Normal(mean, scale),
+                               reinterpreted_batch_ndims=len(model.latent_shape))
     return FlowDistribution(base, bijector, name=f"{model.name}_distribution")

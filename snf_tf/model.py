@@ -419,18 +419,20 @@ class FlowModel(keras.Model):
         return nats / (self.data_dimension * _LN2)
 
     # -- TensorFlow Probability views ---------------------------------------------------------
-    def as_bijector(self, exact=False, exact_inverse=None, temperature=1.0):
+    def as_bijector(self, exact=False, exact_inverse=None, temperature=1.0, context=None):
         """``snf_tf.bijectors.Chain`` of the layers' TFP views (forward = z → x, inverse = x → z);
         see :func:`snf_tf.bijectors.model_bijector`."""
         return bijectors.model_bijector(self, exact=exact, exact_inverse=exact_inverse,
-                              temperature=temperature)
+                                        temperature=temperature, context=context)
 
-    def as_distribution(self, exact=True, exact_inverse=False, temperature=1.0):
+    def as_distribution(self, exact=True, exact_inverse=False, temperature=1.0, context=None):
         """``tfd.TransformedDistribution`` of the flow over N(0, I) on ``latent_shape``:
         ``log_prob`` = ``self.log_prob(x, exact=exact)``, ``sample`` goes through the learned
-        inverses. Training still goes through ``fit`` (its ``trainable_variables`` are empty)."""
+        inverses. Training still goes through ``fit`` (its ``trainable_variables`` are empty).
+        Conditional models: ``context=y`` gives the batch of ``p(x | y_i)`` (one label: one
+        distribution) over the learned conditional base."""
         return bijectors.model_distribution(self, exact=exact, exact_inverse=exact_inverse,
-                                  temperature=temperature)
+                                            temperature=temperature, context=context)
 
     # -- exact log-det caches ----------------------------------------------------------------
     def refresh_log_dets(self):

@@ -13,7 +13,7 @@ import tensorflow_probability as tfp  # noqa: E402
 import snf_tf  # noqa: E402
 import snf_tf.layers as L  # noqa: E402
 from snf_tf import bijectors as B  # noqa: E402
-from tests.test_layer_table import CASES, _built, _inputs  # noqa: E402
+from tests.test_layer_table import CASES, _built, _ctx, _inputs  # noqa: E402
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -31,11 +31,12 @@ def _close(a, b, tol=1e-9):
 @pytest.mark.parametrize("case", VIEW_CASES, ids=VIEW_IDS)
 def test_view_matches_layer(case, exact):
     layer = _built(case)
-    view = B.FlowBijector(layer, exact=exact)
+    x = tf.constant(_inputs(case, 3, seed=11))
+    c = _ctx(case, x)  # conditional layers: the view holds the context of these 3 examples
+    view = B.FlowBijector(layer, exact=exact, **c)
     assert isinstance(view, B.FlowBijector) and isinstance(view, tfb.Bijector)
     assert view.layer is layer and view.name == f"{layer.name}_bijector"
-    x = tf.constant(_inputs(case, 3, seed=11))
-    z, log_det = layer.forward(x, exact=exact)
+    z, log_det = layer.forward(x, exact=exact, **c)
     out_shape = tuple(layer.compute_output_shape((None,) + case.shape))[1:]
     assert view.inverse_min_event_ndims == len(case.shape)
     assert view.forward_min_event_ndims == len(out_shape)
@@ -43,18 +44,19 @@ def test_view_matches_layer(case, exact):
     assert tuple(view.forward_event_shape(out_shape)) == case.shape
     _close(view.inverse(x), z, 0)
     _close(view.inverse_log_det_jacobian(x, event_ndims=view.inverse_min_event_ndims), log_det, 0)
-    _close(view.forward(z), layer.inverse(z, exact=exact), 0)
+    _close(view.forward(z), layer.inverse(z, exact=exact, **c), 0)
     # forward log-det = −ILDJ at the point the view maps z to
-    x_back = layer.inverse(z, exact=exact)
+    x_back = layer.inverse(z, exact=exact, **c)
     _close(view.forward_log_det_jacobian(z, event_ndims=view.forward_min_event_ndims),
-           -layer.forward(x_back, exact=exact)[1], 1e-12)
+           -layer.forward(x_back, exact=exact, **c)[1], 1e-12)
     if exact:  # the true bijection: −FLDJ(z) = ILDJ(x)
         _close(-view.forward_log_det_jacobian(z, event_ndims=view.forward_min_event_ndims),
                log_det, 1e-6)
 
 
 def test_constant_jacobian_flags():
-    flags = {c.name: B.FlowBijector(_built(c)).is_constant_jacobian for c in VIEW_CASES}
+    flags = {c.name: B.FlowBijector(_built(c), **_ctx(c, np.zeros(2))).is_constant_jacobian
+             for c in VIEW_CASES}
     for name in ("SelfNormDense", "SelfNormConv2D-3x3", "ActNorm", "Conv1x1", "Squeeze", "Flatten",
                  "Normalize", "EmergingConv2D", "ConvExponential"):
         assert flags[name], name
