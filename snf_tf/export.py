@@ -45,6 +45,12 @@ Design decisions (documented contract of the exported endpoints):
   or dtype is refused by the signature itself.
 - **inverse(z)** has no randomness: the halves that ``SplitPrior`` layers factored out are set to
   their mode, 0 (temperature 0). It equals ``model.inverse(z, temperature=0.0, seed=0)``.
+- **Conditional models** (``num_classes`` / ``context_dim``): every endpoint takes the context
+  ``y`` after its data argument — ``log_prob(x, y)``, ``dequantized_log_prob(x, y, seed)``,
+  ``forward(x, y)``, ``inverse(z, y)``, ``sample(n, y, seed)`` — as ``int32 [None]`` labels or
+  ``float32 [None, context_dim]`` vectors, one row per example (``sample``: ``n`` rows, or one
+  row for all). A label out of range or a row count that does not match fails in the served
+  graph with an ``InvalidArgumentError`` that says so.
 """
 
 import os
@@ -69,17 +75,18 @@ DETERMINANT_OPS = ("LogMatrixDeterminant", "MatrixDeterminant", "Lu")
 
 
 # -- the computations the endpoints export (usable eagerly too) ----------------------------------
-def forward(model, x, exact=True):
+def forward(model, x, exact=True, context=None):
     """``(z, log_det)`` of ``model`` with dequantization noise switched off."""
-    return model.forward(x, exact=exact, noise=False)
+    return model.forward(x, exact=exact, noise=False, context=context)
 
 
-def log_prob(model, x):
-    """Exact per-example ``log p(x)`` in nats on the data scale, without dequantization noise."""
-    return model.log_prob(x, exact=True, noise=False)
+def log_prob(model, x, context=None):
+    """Exact per-example ``log p(x)`` (``log p(x | context)``) in nats on the data scale,
+    without dequantization noise."""
+    return model.log_prob(x, exact=True, noise=False, context=context)
 
 
-def dequantized_log_prob(model, x, seed):
+def dequantized_log_prob(model, x, seed, context=None):
     """The reference's one-sample dequantized estimate: :func:`log_prob` at ``x + u`` with
     ``u ~ U[0, 1)^D`` drawn by ``tf.random.stateless_uniform(seed=[seed, 0])``. Use it for
     integer-valued images: a continuous flow trained on dequantized data has no meaningful
@@ -88,19 +95,19 @@ def dequantized_log_prob(model, x, seed):
     seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
     noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([seed, tf.constant(0)]),
                                         dtype=x.dtype)
-    return log_prob(model, x + noise)
+    return log_prob(model, x + noise, context)
 
 
-def inverse(model, z):
+def inverse(model, z, context=None):
     """``x = f⁻¹(z)`` through the learned inverses; factored-out halves at their mode (0)."""
     return model.inverse(tf.cast(tf.convert_to_tensor(z), model.compute_dtype),
-                         temperature=0.0, seed=0)
+                         temperature=0.0, seed=0, context=context)
 
 
-def sample(model, n, seed, temperature=1.0):
-    """``model.sample(n, temperature=temperature, seed=seed)``; ``n`` and ``seed`` may be
-    Python ints or scalar tensors."""
-    return model.sample(n, temperature=temperature, seed=seed)
+def sample(model, n, seed, temperature=1.0, context=None):
+    """``model.sample(n, temperature=temperature, seed=seed, context=context)``; ``n`` and
+    ``seed`` may be Python ints or scalar tensors."""
+    return model.sample(n, temperature=temperature, seed=seed, context=context)
 
 
 def frozen_log_dets(model):
@@ -144,32 +151,45 @@ def export_saved_model(model, path, overwrite=True):
     def finite(t, endpoint):
         return tf.debugging.check_numerics(t, f"{endpoint}: the input holds NaN or inf")
 
-    def log_prob_fn(x):
-        return log_prob(model, finite(x, "log_prob"))
-
-    def dequantized_log_prob_fn(x, seed):
-        return dequantized_log_prob(model, finite(x, "dequantized_log_prob"), seed)
-
-    def forward_fn(x):
-        z, log_det = forward(model, finite(x, "forward"), exact=True)
-        return {"z": z, "log_det": log_det}
-
-    def inverse_fn(z):
-        return inverse(model, finite(z, "inverse"))
-
-    def sample_fn(n, seed):
+    def n_checked(n):
         with tf.control_dependencies([tf.debugging.assert_positive(n, "sample: n must be >= 1")]):
-            return sample(model, tf.identity(n), seed)
+            return tf.identity(n)
 
     archive = keras.export.ExportArchive()
+    if model.conditional:
+        # y: int32 labels [None] or float32 vectors [None, context_dim], after the data argument
+        y_spec = (tf.TensorSpec((None,), tf.int32, name="y") if model.num_classes else
+                  tf.TensorSpec((None, model.context_dim), tf.float32, name="y"))
+
+        def sample_rows(n, y):  # one row for every sample, or n rows
+            shape = tf.concat([tf.reshape(n, [1]), tf.shape(y)[1:]], axis=0)
+            return tf.broadcast_to(y, shape)
+
+        endpoints = [
+            ("log_prob", lambda x, y: log_prob(model, finite(x, "log_prob"), y), [x_spec, y_spec]),
+            ("dequantized_log_prob", lambda x, y, seed: dequantized_log_prob(
+                model, finite(x, "dequantized_log_prob"), seed, y), [x_spec, y_spec, seed_spec]),
+            ("forward", lambda x, y: dict(zip(("z", "log_det"), forward(
+                model, finite(x, "forward"), exact=True, context=y))), [x_spec, y_spec]),
+            ("inverse", lambda z, y: inverse(model, finite(z, "inverse"), y), [z_spec, y_spec]),
+            ("sample", lambda n, y, seed: sample(
+                model, n_checked(n), seed, context=sample_rows(n, y)),
+             [n_spec, y_spec, seed_spec]),
+        ]
+    else:
+        endpoints = [
+            ("log_prob", lambda x: log_prob(model, finite(x, "log_prob")), [x_spec]),
+            ("dequantized_log_prob", lambda x, seed: dequantized_log_prob(
+                model, finite(x, "dequantized_log_prob"), seed), [x_spec, seed_spec]),
+            ("forward", lambda x: dict(zip(("z", "log_det"), forward(
+                model, finite(x, "forward"), exact=True))), [x_spec]),
+            ("inverse", lambda z: inverse(model, finite(z, "inverse")), [z_spec]),
+            ("sample", lambda n, seed: sample(model, n_checked(n), seed), [n_spec, seed_spec]),
+        ]
     with model.frozen_log_dets():
         archive.track(model)
-        archive.add_endpoint("log_prob", log_prob_fn, input_signature=[x_spec])
-        archive.add_endpoint("dequantized_log_prob", dequantized_log_prob_fn,
-                             input_signature=[x_spec, seed_spec])
-        archive.add_endpoint("forward", forward_fn, input_signature=[x_spec])
-        archive.add_endpoint("inverse", inverse_fn, input_signature=[z_spec])
-        archive.add_endpoint("sample", sample_fn, input_signature=[n_spec, seed_spec])
+        for name, function, signature in endpoints:
+            archive.add_endpoint(name, function, input_signature=signature)
         tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
         try:
             archive.write_out(tmp, verbose=False)

@@ -414,6 +414,12 @@ class FlowModel(keras.Model):
         """Per-example log-likelihood: the cheap path when training, the exact one otherwise."""
         return self.log_prob(inputs, exact=not training, training=training, context=context)
 
+    @property
+    def _default_save_signature(self):
+        # Keras traces ``self(x)`` as a SavedModel's default signature; a conditional model needs
+        # its context there, and its exported endpoints (snf_tf.export) take it explicitly.
+        return None if self.conditional else super()._default_save_signature
+
     def bits_per_dim(self, nats):
         """Convert an NLL in nats per example to bits per dimension."""
         return nats / (self.data_dimension * _LN2)

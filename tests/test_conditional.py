@@ -253,3 +253,71 @@ def test_tfp_distribution_of_a_conditional_model():
     plain.build((None, 28, 28, 1))
     with pytest.raises(ValueError, match="takes no context"):
         plain.as_distribution(context=[1])
+
+
+_FRESH = """
+import json, sys
+
+class _BlockSnfTf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "snf_tf" or name.startswith("snf_tf."):
+            raise ImportError("snf_tf is blocked in this process")
+        return None
+
+sys.meta_path.insert(0, _BlockSnfTf())
+import numpy as np
+import tensorflow as tf
+
+job = json.loads(sys.argv[1])
+sm = tf.saved_model.load(job["path"])
+x, y = np.load(job["x"]), np.array(job["y"], np.int32)
+f = sm.forward(x, y)
+out = {"log_prob": sm.log_prob(x, y).numpy().tolist(),
+       "other_label": sm.log_prob(x, (y + 1) % 10).numpy().tolist(),
+       "dequantized": sm.dequantized_log_prob(x=np.floor(x), y=y, seed=7).numpy().tolist(),
+       "inverse": sm.inverse(f["z"], y).numpy().tolist(),
+       "sample": sm.sample(n=3, y=tf.constant([4], tf.int32), seed=5).numpy().tolist()}
+try:
+    sm.log_prob(x, np.array([0, 1, 99], np.int32))
+    out["range"] = "no error"
+except tf.errors.InvalidArgumentError as error:
+    out["range"] = "out of range" if "label is out of range" in str(error) else str(error)
+assert not any(m == "snf_tf" or m.startswith("snf_tf.") for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_saved_model_takes_labels_in_a_process_without_snf_tf(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from snf_tf import export
+
+    x, y = _images(3), _labels(3)
+    model = _perturbed(_small_glow(num_classes=10), x, y)
+    path = export.export_saved_model(model, str(tmp_path / "sm"))
+    pixels = x.astype("float32") + 0.5
+    np.save(tmp_path / "x.npy", pixels)
+    script = tmp_path / "fresh.py"
+    script.write_text(_FRESH)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    job = {"path": os.path.abspath(path), "x": str(tmp_path / "x.npy"), "y": y.tolist()}
+    result = subprocess.run([sys.executable, "-I", str(script), json.dumps(job)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(got["log_prob"], export.log_prob(model, pixels, y), rtol=1e-5)
+    np.testing.assert_allclose(got["other_label"], export.log_prob(model, pixels, (y + 1) % 10),
+                               rtol=1e-5)
+    assert np.all(np.abs(np.subtract(got["log_prob"], got["other_label"])) > 1e-3)
+    np.testing.assert_allclose(got["dequantized"],
+                               export.dequantized_log_prob(model, np.floor(pixels), 7, y),
+                               rtol=1e-5)
+    z, _ = export.forward(model, pixels, context=y)
+    np.testing.assert_allclose(got["inverse"], export.inverse(model, z, y), atol=1e-3)
+    np.testing.assert_allclose(got["sample"], model.sample(3, context=4, seed=5), atol=1e-3)
+    assert got["range"] == "out of range"
