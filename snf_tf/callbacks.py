@@ -289,12 +289,15 @@ def save_png(path, grid):
 
 class ImageGrid(keras.callbacks.Callback):
     """Every ``every`` epochs: samples (learned inverse) and reconstructions as PNG grids, and as
-    TensorBoard images when ``log_dir`` is given."""
+    TensorBoard images when ``log_dir`` is given. Conditional models sample the labels or vectors
+    of ``context`` (one sample each; ``n`` is then their number), laid out ``columns`` wide."""
 
     def __init__(self, out_dir, every=1, n=64, temperature=1.0, reconstruct=None, seed=0,
-                 log_dir=None):
+                 log_dir=None, context=None, columns=None):
         super().__init__()
-        self.out_dir, self.every, self.n = out_dir, int(every), int(n)
+        self.context = None if context is None else np.asarray(context)
+        n = len(self.context) if self.context is not None else n
+        self.out_dir, self.every, self.n, self.columns = out_dir, int(every), int(n), columns
         self.temperature, self.seed = temperature, seed
         self.reconstruct = None if reconstruct is None else np.asarray(reconstruct)
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
@@ -304,13 +307,14 @@ class ImageGrid(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         try:
-            samples = self.model.sample(self.n, temperature=self.temperature, seed=self.seed)
+            samples = self.model.sample(self.n, temperature=self.temperature, seed=self.seed,
+                                        context=self.context)
         except (tf.errors.OpError, NonFiniteError) as error:  # a picture never costs a run
             warnings.warn(f"ImageGrid: no samples after epoch {epoch + 1}: "
                           f"{getattr(error, 'message', error)}",
                           RuntimeWarning, stacklevel=2)
             return
-        grids = {"samples": image_grid(samples.numpy())}
+        grids = {"samples": image_grid(samples.numpy(), self.columns)}
         if self.reconstruct is not None:
             pairs = np.concatenate([self.reconstruct, self.model.reconstruct(self.reconstruct)], 0)
             grids["reconstructions"] = image_grid(pairs, columns=len(self.reconstruct))

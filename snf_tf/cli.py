@@ -166,6 +166,9 @@ class SampleCommand(Command):
         parser.add_argument("--temperature", type=non_negative_float, default=1.0,
                             help="scale of the latent draws (default 1; 0.7 gives cleaner, less "
                             "varied images; .keras checkpoints only)")
+        parser.add_argument("--label", default=None, metavar="K|all",
+                            help="class-conditional models: sample class K, or 'all' for one "
+                            "row per class (n // classes each)")
 
     def run(self, args):
         import numpy as np
@@ -175,17 +178,30 @@ class SampleCommand(Command):
         if os.path.isdir(args.model) and args.temperature != 1.0:
             raise CliError("an exported SavedModel samples at temperature 1 only; pass the "
                            ".keras checkpoint to sample at another --temperature")
+        if args.label is not None and args.label != "all":
+            try:
+                args.label = int(args.label)
+            except ValueError:
+                raise CliError(f"--label must be a class number or 'all', got "
+                               f"{args.label!r}") from None
         _require_writable_location(args.output, "output file")
-        samples = np.asarray(self.draw(args.model, args.num, args.seed, args.temperature))
+        samples, columns = self.draw(args.model, args.num, args.seed, args.temperature,
+                                     args.label)
+        samples = np.asarray(samples)
         if samples.ndim != 4 or samples.shape[-1] not in (1, 3, 4):
             raise CliError(f"the model's samples have shape {samples.shape[1:]}, not an image "
                            "(NHWC with 1, 3 or 4 channels); cannot write a grid")
-        write_grid(samples, args.output, columns=args.columns)
-        print(f"wrote {args.num} samples to {args.output}")
+        write_grid(samples, args.output, columns=args.columns or columns)
+        label = "" if args.label is None else f" of class {args.label}" if args.label != "all" \
+            else ", one row per class"
+        print(f"wrote {len(samples)} samples{label} to {args.output}")
         return 0
 
     @staticmethod
-    def draw(path, n, seed, temperature=1.0):
+    def draw(path, n, seed, temperature=1.0, label=None):
+        """``(samples, grid columns or None)`` from a SavedModel or a checkpoint."""
+        import numpy as np
+
         if os.path.isdir(path):
             from snf_tf import export
 
@@ -193,8 +209,41 @@ class SampleCommand(Command):
                 loaded = export.load_saved_model(path)
             except (FileNotFoundError, ValueError) as error:
                 raise CliError(str(error)) from None
-            return loaded.sample(n=n, seed=seed).numpy()
-        return _load_checkpoint(path).sample(n, temperature=temperature, seed=seed).numpy()
+            conditional = any(spec.name == "y" for function in loaded.sample.concrete_functions
+                              for spec in function.structured_input_signature[0])
+            if conditional != (label is not None):
+                raise CliError("this SavedModel is class-conditional: pass --label K or --label "
+                               "all" if conditional else "--label: this SavedModel is not "
+                               "conditional")
+            if label is None:
+                return loaded.sample(n=n, seed=seed).numpy(), None
+            if label == "all":
+                raise CliError("--label all needs the .keras checkpoint (the SavedModel's sample "
+                               "takes one label, or n labels)")
+            import tensorflow as tf
+
+            try:
+                return loaded.sample(n=n, y=tf.constant([label], tf.int32),
+                                     seed=seed).numpy(), None
+            except tf.errors.InvalidArgumentError as error:
+                raise CliError(f"--label {label}: {error.message.splitlines()[0]}") from None
+        model = _load_checkpoint(path)
+        if (model.num_classes is not None) != (label is not None):
+            raise CliError(f"this model is class-conditional ({model.num_classes} classes): pass "
+                           "--label K or --label all" if model.num_classes is not None else
+                           "--label: this model is not class-conditional")
+        columns, context = None, None
+        if label == "all":
+            per_class = max(1, n // model.num_classes)
+            context = np.repeat(np.arange(model.num_classes), per_class).astype("int32")
+            n, columns = len(context), per_class
+        elif label is not None:
+            context = label
+        try:
+            samples = model.sample(n, temperature=temperature, seed=seed, context=context)
+        except ValueError as error:
+            raise CliError(f"--label {label}: {error}") from None
+        return samples.numpy(), columns
 
 
 @register
@@ -340,13 +389,14 @@ class EvaluateCommand(Command):
 
         _require_file(args.checkpoint, "checkpoint")
         dataset = args.dataset or self.dataset_of(args.checkpoint)
-        try:
+        model = _load_checkpoint(args.checkpoint)
+        try:  # class-conditional models are evaluated on (image, label) pairs: log p(x | y)
             split = data.load(dataset, args.split, args.batch_size, data_dir=args.data_dir,
-                              limit=args.examples)
+                              limit=args.examples, labels=model.num_classes is not None)
         except (ValueError, FileNotFoundError) as error:
             raise CliError(str(error)) from None
-        model = _load_checkpoint(args.checkpoint)
-        shape = tuple(split.element_spec.shape[1:])
+        spec = split.element_spec
+        shape = tuple((spec[0] if isinstance(spec, tuple) else spec).shape[1:])
         if model.built and tuple(model.data_shape) != shape:
             raise CliError(f"{args.checkpoint} models {model.data_shape} inputs but {dataset} "
                            f"has {shape} images")

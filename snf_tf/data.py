@@ -72,8 +72,9 @@ def _augment(name):
 
 
 def load(name, split, batch_size, augment=False, data_dir=None, download=False, shuffle=None,
-         cache=True, seed=None, drop_remainder=False, limit=None):
-    """A batched ``tf.data.Dataset`` of uint8 NHWC images for one of the paper's splits.
+         cache=True, seed=None, drop_remainder=False, limit=None, labels=False):
+    """A batched ``tf.data.Dataset`` of uint8 NHWC images for one of the paper's splits
+    (``(image, label)`` pairs with ``labels=True``, for class-conditional models).
 
     Args:
         name: one of :data:`DATASETS`.
@@ -87,6 +88,7 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
             CIFAR-10 and ImageNet32 only).
         cache: cache decoded images in memory before augmentation.
         limit: use only the first ``limit`` examples of the split (quick runs).
+        labels: yield ``(image, label)`` pairs (int64 labels) instead of images.
     """
     if name not in SPLITS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
@@ -117,8 +119,14 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
         absl_logging.set_verbosity(verbosity)
     # tfds declares ImageNet32's images without a size; a static shape lets the model build.
     shape = IMAGE_SHAPES[name]
-    ds = ds.map(lambda example: tf.ensure_shape(example["image"], shape),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    if labels:
+        if "label" not in ds.element_spec:
+            raise ValueError(f"dataset {name!r} has no labels for a class-conditional model.")
+        ds = ds.map(lambda example: (tf.ensure_shape(example["image"], shape), example["label"]),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda example: tf.ensure_shape(example["image"], shape),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
     if shuffle is None:
@@ -126,5 +134,7 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
     if shuffle:
         ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
     if augment:
-        ds = ds.map(_augment(name), num_parallel_calls=tf.data.AUTOTUNE)
+        shift = _augment(name)
+        ds = ds.map((lambda image, label: (shift(image), label)) if labels else shift,
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -619,6 +619,19 @@ class FlowModel(keras.Model):
         walk_seed = None if seed is None else tf.cast(seed, tf.int32) + 1
         return self._walk_inverse(z, exact_inverse, temperature, walk_seed, encoded)
 
+    def class_log_probs(self, x, seed=0) -> tf.Tensor:
+        """``[batch, num_classes]``: ``log p(x | y = k)`` of a class-conditional model for every
+        class k, all with the same dequantization noise (stateless ``seed``), so that
+        ``argmax_k`` is the model's generative classification of x (Bayes' rule with a uniform
+        class prior; add ``log p(y)`` for another)."""
+        if self.num_classes is None:
+            raise ValueError("FlowModel.class_log_probs: the model is not class-conditional "
+                             "(build it with num_classes=...).")
+        x = self._check_data(x)
+        rows = tf.shape(x)[0]
+        return tf.stack([self.log_prob(x, seed=seed, context=tf.fill([rows], k))
+                         for k in range(self.num_classes)], axis=-1)
+
     def reconstruct(self, x, context=None):
         """``f⁻¹(f(x))`` with the learned inverses: equals ``x`` where every R is exact."""
         z, _ = self.forward(x, context=context)

@@ -308,13 +308,28 @@ def plot_curves(history, path, title, steps_per_epoch=None):
 LOW_TEMPERATURE = 0.7
 
 
+#: samples per class (one grid row per class) of a class-conditional model's grids
+PER_CLASS = 8
+
+
+def _sample_layout(model):
+    """``(context, columns)`` of the run folder's sample grids: 64 samples 8 wide, or for a
+    class-conditional model :data:`PER_CLASS` samples of every class, one row per class."""
+    if model.num_classes is None:
+        return None, None
+    return np.repeat(np.arange(model.num_classes), PER_CLASS).astype("int32"), PER_CLASS
+
+
 def _write_samples(model, out, seed, test=None):
     """The run folder's image grids: samples at temperature 1 through the learned (and, where
-    there is one, the exact) inverse, at :data:`LOW_TEMPERATURE`, and 64 real test images."""
+    there is one, the exact) inverse, at :data:`LOW_TEMPERATURE`, and 64 real test images.
+    Class-conditional models: one row per class (:data:`PER_CLASS` samples each)."""
     from snf_tf.callbacks import image_grid, save_png
 
-    if len(model.data_shape) != 3:
+    if len(model.data_shape) != 3 or model.context_dim is not None:
         return []
+    context, columns = _sample_layout(model)
+    n = 64 if context is None else len(context)
     written = []
     variants = [("samples.png", False, 1.0)]
     if any(layer.learns_inverse for layer in model.flow_layers):
@@ -322,22 +337,39 @@ def _write_samples(model, out, seed, test=None):
     variants.append((f"samples_t{LOW_TEMPERATURE}.png", False, LOW_TEMPERATURE))
     for filename, exact, temperature in variants:
         try:
-            samples = model.sample(64, exact_inverse=exact, temperature=temperature,
-                                   seed=seed).numpy()
+            samples = model.sample(n, exact_inverse=exact, temperature=temperature,
+                                   seed=seed, context=context).numpy()
         except (tf.errors.OpError, NonFiniteError) as error:  # a numerically singular inverse
             warnings.warn(f"{filename} not written: sampling failed: "
                           f"{getattr(error, 'message', error)}",
                           RuntimeWarning, stacklevel=2)
             continue
         samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)
-        save_png(os.path.join(out, filename), image_grid(samples))
+        save_png(os.path.join(out, filename), image_grid(samples, columns))
         written.append(filename)
     if test is not None:  # the real thing, for comparison
-        images = next(iter(test.unbatch().take(64).batch(64)))
-        images = images[0] if isinstance(images, (tuple, list)) else images
-        save_png(os.path.join(out, "test_digits.png"), image_grid(np.asarray(images)))
+        save_png(os.path.join(out, "test_digits.png"),
+                 image_grid(_real_images(test, context), columns))
         written.append("test_digits.png")
     return written
+
+
+def _real_images(test, labels=None):
+    """64 test images, or (``labels``) the first test images of each label in that order."""
+    if labels is None:
+        images = next(iter(test.unbatch().take(64).batch(64)))
+        return np.asarray(images[0] if isinstance(images, (tuple, list)) else images)
+    wanted = {int(k): int(np.sum(labels == k)) for k in np.unique(labels)}
+    found = {k: [] for k in wanted}
+    for image, label in test.unbatch():
+        label = int(label)
+        if label in found and len(found[label]) < wanted[label]:
+            found[label].append(image.numpy())
+            if all(len(found[k]) == wanted[k] for k in wanted):
+                break
+    blank = np.zeros(test.element_spec[0].shape[1:], np.uint8)
+    queues = {k: list(v) for k, v in found.items()}
+    return np.stack([queues[int(k)].pop(0) if queues[int(k)] else blank for k in labels])
 
 
 def run(name, out, *, resume=False, data_dir=None, verbose="auto", extra_callbacks=(),
@@ -428,9 +460,13 @@ class Run:
             best, log, keras.callbacks.TensorBoard(tensorboard, write_graph=False)]
         if cfg["geco_rate"]:
             callback_list.insert(0, snf_callbacks.Geco(cfg["geco_rate"]))
-        if self.splits["train"].element_spec.shape.rank == 4:  # images
-            callback_list.append(snf_callbacks.ImageGrid(self.out, every=1, n=64,
-                                                         seed=cfg["seed"], log_dir=tensorboard))
+        spec = self.splits["train"].element_spec
+        spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+        if spec.shape.rank == 4:  # images
+            context, columns = _sample_layout(model)
+            callback_list.append(snf_callbacks.ImageGrid(
+                self.out, every=1, n=64, seed=cfg["seed"], log_dir=tensorboard, context=context,
+                columns=columns))
         callback_list += list(extra_callbacks)
         # last, so that an epoch is backed up only after metrics.json and best.keras hold it
         callback_list.append(snf_callbacks.AtomicBackupAndRestore(self._path("backup")))
@@ -479,11 +515,15 @@ class Run:
         outputs = [("best.keras", "the best-validation checkpoint"),
                    ("metrics.json", "every epoch's numbers"),
                    ("curves.png", "loss, exact NLL and ‖RW − I‖ per epoch")]
-        described = {"samples.png": "64 samples at temperature 1 (learned inverses)",
+        what = "64 samples" if self.model is None or self.model.num_classes is None else \
+            f"{PER_CLASS} samples per class, one row per class,"
+        real = "64 real test images" if self.model is None or self.model.num_classes is None \
+            else "real test images, one row per class"
+        described = {"samples.png": f"{what} at temperature 1 (learned inverses)",
                      "samples_exact.png": "the same through the exact inverses",
-                     f"samples_t{LOW_TEMPERATURE}.png": f"64 samples at temperature "
+                     f"samples_t{LOW_TEMPERATURE}.png": f"{what} at temperature "
                                                          f"{LOW_TEMPERATURE}",
-                     "test_digits.png": "64 real test images, for comparison"}
+                     "test_digits.png": f"{real}, for comparison"}
         outputs += [(name, described[name]) for name in self.images]
         outputs.append(("tensorboard/", "TensorBoard logs"))
         lines.append(f"Run folder {out}/:")
@@ -494,7 +534,8 @@ class Run:
         data = f" --data-dir {data_dir}" if data_dir else ""
         lines += [f"  {command} evaluate {checkpoint} --split test{data}",
                   f"  {command} sample {checkpoint} -n 64 --temperature {LOW_TEMPERATURE} "
-                  f"-o samples.png",
+                  + ("--label 3 " if cfg["model_kwargs"].get("num_classes") else "")
+                  + "-o samples.png",
                   f"  {command} export {checkpoint} {os.path.join(out, 'savedmodel')}",
                   f"  {command} train {cfg['experiment']} --out {out} --resume --epochs {longer}"
                   f"{data}   # train longer",

@@ -346,3 +346,45 @@ def test_the_cli_leaves_out_tensorflows_import_noise_and_nothing_else(tmp_path):
 def test_evaluate_rejects_a_dataset_of_another_shape(checkpoint, capsys):
     assert cli.main(["evaluate", checkpoint, "--dataset", "mnist", "--examples", "10"]) == 2
     assert "(8, 8, 1)" in capsys.readouterr().err
+
+
+@needs_mnist
+def test_class_conditional_run_sample_by_label_evaluate_and_export(tmp_path, capsys):
+    out = tmp_path / "cond"
+    argv = ["train", "conditional_glow_mnist", "--epochs", "1", "--train-examples", "200",
+            "--eval-examples", "100", "--out", str(out), "--quiet"] + _SMALL_GLOW
+    assert cli.main(argv) == 0, capsys.readouterr().err[-3000:]
+    printed = capsys.readouterr().out
+    assert "one row per class" in printed and "--label 3" in printed
+    grid = matplotlib.image.imread(out / "samples.png")
+    assert grid.shape[:2] == (10 * 28, 8 * 28)  # 10 classes × 8 samples
+    ckpt = str(out / "best.keras")
+    assert cli.main(["sample", ckpt, "-n", "6", "--label", "3", "-o",
+                     str(tmp_path / "three.png")]) == 0
+    assert "6 samples of class 3" in capsys.readouterr().out
+    assert cli.main(["sample", ckpt, "-n", "20", "--label", "all", "-o",
+                     str(tmp_path / "all.png")]) == 0
+    assert matplotlib.image.imread(tmp_path / "all.png").shape[:2] == (10 * 28, 2 * 28)
+    capsys.readouterr()
+    for label, message in [("12", "out of range"), ("x", "class number or 'all'"),
+                           (None, "pass --label K")]:
+        extra = [] if label is None else ["--label", label]
+        assert cli.main(["sample", ckpt, "-o", str(tmp_path / "bad.png")] + extra) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["evaluate", ckpt, "--examples", "100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert np.isfinite(result["nll"])
+    assert abs(result["nll"] - json.loads((out / "metrics.json").read_text())["best"]
+               ["test_nll"]) < 10.0
+    saved = str(tmp_path / "sm")
+    assert cli.main(["export", ckpt, saved]) == 0
+    assert cli.main(["sample", saved, "-n", "4", "--label", "5", "-o",
+                     str(tmp_path / "sm.png")]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", saved, "-n", "4", "-o", str(tmp_path / "sm.png")]) == 2
+    assert "is class-conditional" in capsys.readouterr().err
+
+
+def test_label_for_an_unconditional_model_is_refused(checkpoint, tmp_path, capsys):
+    assert cli.main(["sample", checkpoint, "--label", "3", "-o", str(tmp_path / "x.png")]) == 2
+    assert "not class-conditional" in capsys.readouterr().err

@@ -321,3 +321,16 @@ def test_saved_model_takes_labels_in_a_process_without_snf_tf(tmp_path):
     np.testing.assert_allclose(got["inverse"], export.inverse(model, z, y), atol=1e-3)
     np.testing.assert_allclose(got["sample"], model.sample(3, context=4, seed=5), atol=1e-3)
     assert got["range"] == "out of range"
+
+
+def test_class_log_probs_and_generative_classification():
+    x, y = _images(4), _labels(4)
+    model = _perturbed(_small_glow(num_classes=10), x, y, scale=0.2)
+    scores = model.class_log_probs(x, seed=3).numpy()
+    assert scores.shape == (4, 10)
+    for k in (0, 7):
+        np.testing.assert_allclose(scores[:, k], model.log_prob(x, seed=3, context=[k] * 4),
+                                   rtol=1e-6)
+    assert np.ptp(scores, axis=1).min() > 1e-3  # the classes are told apart
+    with pytest.raises(ValueError, match="not class-conditional"):
+        _small_glow().class_log_probs(x)
