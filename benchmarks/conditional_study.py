@@ -127,8 +127,9 @@ def main(argv=None):
     print(f"{'pair':<14} {'−log p(x|y)':>12} {'−log p(x)':>10} {'gain (nats)':>11} "
           f"{'classifier accuracy':>20}")
     for name, rows in report.items():
+        gain = rows["nats_gained_by_the_label"]
         print(f"{name:<14} {rows['conditional']['test_nll']:>12.2f} "
-              f"{rows['unconditional']['test_nll']:>10.2f} {rows['nats_gained_by_the_label']:>11.2f} "
+              f"{rows['unconditional']['test_nll']:>10.2f} {gain:>11.2f} "
               f"{rows['classifier']['accuracy']:>19.2%}")
 
 
