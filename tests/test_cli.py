@@ -138,6 +138,7 @@ _SMOKE = {
     "cifar": ["--batch-size", "10"] + _SMALL_GLOW,
     "imagenet": ["--batch-size", "10"] + _SMALL_GLOW,
     "glow_mnist": ["--batch-size", "50"] + _SMALL_GLOW,
+    "glow_fashion_mnist": ["--batch-size", "50"] + _SMALL_GLOW,
     "snf_timescaling": ["--set", "dimension=64", "--train-examples", "256"],
     "cnn": ["--set", "convs_per_block=1"],  # 3 convs: the code path of 9 at a third of the cost
 }
