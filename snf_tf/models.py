@@ -35,10 +35,12 @@ def _check_choice(value, choices, what):
 
 
 def fc_flow(gradient="self_normalized", num_layers=2, alpha=0.3, reconstruction_weight=None,
-            seed=None, name="fc_flow"):
+            num_classes=None, seed=None, name="fc_flow"):
     """FC flow of Table 1: Flatten, then ``num_layers`` square dense layers with Smooth Leaky ReLU
     (α = 0.3) between them. ``gradient``: ``"self_normalized"`` (SNF FC, λ = 1), ``"exact"`` (Exact
-    Gradient FC) or ``"relative"`` (Relative Grad. FC, Gresele et al. 2020)."""
+    Gradient FC) or ``"relative"`` (Relative Grad. FC, Gresele et al. 2020). ``num_classes``: a
+    class-conditional variant whose base is the learned N(μ(y), σ(y)²) (the layers have no
+    networks to condition: x → z is the same map for every class)."""
     _check_choice(gradient, ("self_normalized", "exact", "relative"), "gradient")
     if reconstruction_weight is None:
         reconstruction_weight = 1.0 if gradient == "self_normalized" else 0.0
@@ -47,7 +49,7 @@ def fc_flow(gradient="self_normalized", num_layers=2, alpha=0.3, reconstruction_
         if i:
             flow.append(L.SmoothLeakyReLU(alpha))
         flow.append(L.SelfNormDense(gradient=gradient, reconstruction_weight=reconstruction_weight))
-    return FlowModel(flow, name=name)
+    return FlowModel(flow, num_classes=num_classes, name=name)
 
 
 CONV_LAYERS = ("selfnorm", "exact", "emerging", "exponential")
@@ -64,12 +66,13 @@ def _conv_layer(kind, reconstruction_weight):
 
 
 def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_weight=1.0,
-              seed=None, name="conv_flow"):
+              num_classes=None, seed=None, name="conv_flow"):
     """Conv flow of Table 1: ``num_blocks`` blocks of ``convs_per_block`` C→C 3×3 flow convs with a
     per-element spline activation after every conv but the last, and a Squeeze between blocks
     (MNIST: 1×28² → 4×14² → 16×7²). ``layer``: ``"selfnorm"`` (SNF Conv), ``"exact"`` (Exact
     Gradient Conv), ``"emerging"`` (Hoogeboom et al. 2019) or ``"exponential"`` (Conv. Exponential,
-    Hoogeboom et al. 2020)."""
+    Hoogeboom et al. 2020). ``num_classes``: class-conditional through the learned base only, as
+    :func:`fc_flow`."""
     _check_choice(layer, CONV_LAYERS, "layer")
     flow = preprocessing(seed=seed)
     total = num_blocks * convs_per_block
@@ -79,7 +82,7 @@ def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_
         flow.append(_conv_layer(layer, reconstruction_weight))
         if i < total - 1:
             flow.append(L.SplineActivation())
-    return FlowModel(flow, name=name)
+    return FlowModel(flow, num_classes=num_classes, name=name)
 
 
 def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512, kernel_size=1,

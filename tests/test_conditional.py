@@ -334,3 +334,17 @@ def test_class_log_probs_and_generative_classification():
     assert np.ptp(scores, axis=1).min() > 1e-3  # the classes are told apart
     with pytest.raises(ValueError, match="not class-conditional"):
         _small_glow().class_log_probs(x)
+
+
+@pytest.mark.parametrize("build", [lambda: models.fc_flow(num_classes=10, seed=0),
+                                   lambda: models.conv_flow(num_blocks=2, convs_per_block=1,
+                                                            num_classes=10, seed=0)])
+def test_fc_and_conv_flows_are_conditional_through_their_base(build):
+    x, y = _images(3), _labels(3)
+    model = _perturbed(build(), x, y, scale=0.01)
+    z, log_det = model.forward(x, exact=True, noise=False, context=y)
+    z_other, _ = model.forward(x, exact=True, noise=False, context=(y + 1) % 10)
+    np.testing.assert_array_equal(z, z_other)  # the map does not see the label
+    np.testing.assert_allclose(model.log_prob(x, noise=False, context=y),
+                               _numpy_base_log_prob(model, z, y) + np.asarray(log_det),
+                               rtol=1e-5)
