@@ -632,6 +632,13 @@ class FlowModel(keras.Model):
         return tf.stack([self.log_prob(x, seed=seed, context=tf.fill([rows], k))
                          for k in range(self.num_classes)], axis=-1)
 
+    def marginal_log_prob(self, x, seed=0) -> tf.Tensor:
+        """``log p(x) = log Σ_k p(y = k) p(x | y = k)`` of a class-conditional model with a
+        uniform class prior: an exact unconditional likelihood, comparable with an unconditional
+        model's ``log_prob`` (one dequantization sample, ``seed``, shared by the classes)."""
+        scores = self.class_log_probs(x, seed=seed)
+        return tf.reduce_logsumexp(scores, axis=-1) - math.log(self.num_classes)
+
     def reconstruct(self, x, context=None):
         """``f⁻¹(f(x))`` with the learned inverses: equals ``x`` where every R is exact."""
         z, _ = self.forward(x, context=context)

@@ -332,6 +332,10 @@ def test_class_log_probs_and_generative_classification():
         np.testing.assert_allclose(scores[:, k], model.log_prob(x, seed=3, context=[k] * 4),
                                    rtol=1e-6)
     assert np.ptp(scores, axis=1).min() > 1e-3  # the classes are told apart
+    marginal = model.marginal_log_prob(x, seed=3).numpy()
+    reference = np.log(np.mean(np.exp(scores.astype(np.float64) - scores.max(1, keepdims=True)),
+                               axis=1)) + scores.max(1)
+    np.testing.assert_allclose(marginal, reference, rtol=1e-6)
     with pytest.raises(ValueError, match="not class-conditional"):
         _small_glow().class_log_probs(x)
 
