@@ -10,12 +10,25 @@ REFERENCE_NAMES = [
     "selfnorm_cnn_mnist", "exact_cnn_mnist", "emerging_cnn_mnist", "exponential_cnn_mnist",
     "conv1x1_glow_mnist", "selfnorm_glow_mnist", "conv1x1_glow_cifar", "selfnorm_glow_cifar",
     "conv1x1_glow_imagenet", "selfnorm_glow_imagenet", "geco_selfnorm_glow_mnist",
-    "small_selfnorm_glow_mnist", "snf_timescaling",
+    "small_selfnorm_glow_mnist", "small_selfnorm_glow_fashion_mnist", "conditional_glow_mnist",
+    "conditional_glow_fashion_mnist", "snf_timescaling",
 ]
 
 
 def test_every_reference_name_is_registered():
     assert sorted(experiments.names()) == sorted(REFERENCE_NAMES)
+
+
+def test_conditional_experiments_match_their_unconditional_controls():
+    for dataset in ("mnist", "fashion_mnist"):
+        conditional = experiments.config(f"conditional_glow_{dataset}")
+        control = experiments.config(f"small_selfnorm_glow_{dataset}")
+        assert conditional["model_kwargs"].pop("num_classes") == 10
+        assert conditional["dataset"] == control["dataset"] == dataset
+        strip = lambda cfg: {k: v for k, v in cfg.items() if k != "experiment"}  # noqa: E731
+        assert strip(conditional) == strip(control)  # the same model size and training
+        model = experiments.build_model(experiments.config(f"conditional_glow_{dataset}"))
+        assert model.num_classes == 10
 
 
 @pytest.mark.parametrize("name,expected", [
