@@ -127,8 +127,10 @@ def main(argv=None):
         figure = os.path.join(args.out, f"conditional_{name}.png")
         _figure(model, _real_images(test, labels), figure,
                 f"class-conditional SNF Glow on {dataset_name}, {rows['conditional']['epochs']} "
-                f"epochs: test −log p(x | y) = {rows['conditional']['test_nll']:.1f} nats "
-                f"({rows['conditional']['test_bpd']:.3f} bits/dim)")
+                f"epochs ({rows['conditional']['train_seconds']:.0f} s of training, "
+                f"{os.cpu_count()} CPU cores): test −log p(x | y) = "
+                f"{rows['conditional']['test_nll']:.2f} nats = "
+                f"{rows['conditional']['test_bpd']:.3f} bits/dim")
         rows["figure"] = figure
         report[name] = rows
     with open(os.path.join(args.out, "conditional.json"), "w") as f:

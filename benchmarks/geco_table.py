@@ -90,7 +90,10 @@ def _plot(arms, path):
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    fig.suptitle("geco_selfnorm_glow_mnist: GECO-adapted λ vs fixed λ = 1")
+    described = [f"{name} (GECO rate {arm['geco_rate']:g})" if arm["geco_rate"] else
+                 f"{name} (fixed λ)" for name, arm in arms.items()]
+    fig.suptitle("geco_selfnorm_glow_mnist, seed " + ", ".join(
+        sorted({str(arm["seed"]) for arm in arms.values()})) + ": " + " vs ".join(described))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
