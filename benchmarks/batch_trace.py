@@ -1,5 +1,6 @@
 """``snf-tf train`` with a per-batch trace: the running loss and reconstruction loss after every
-batch, and every ``--every`` batches the largest ‖RW − I‖_F and the learning rate, written to
+batch, and every ``--every`` batches the largest ‖RW − I‖_F, the learning rate and the global
+norm of the training gradient on 100 fixed validation images (``grad_norm``), written to
 ``OUT/trace.json`` as it goes (to find where a run went wrong inside an epoch). With
 ``--layers N``, every N batches also each layer's mean exact log-det on 100 fixed validation
 images and its ‖RW − I‖_F (``"layers": {name: [log_det, error or null]}``, ``"base"``).
@@ -26,6 +27,25 @@ class BatchTrace(keras.callbacks.Callback):
         super().__init__()
         self.path, self.every, self.rows, self.epoch = path, every, [], 0
         self.layers_every, self.images = layers_every, images
+        self._gradient_norm = None
+
+    def gradient_norm(self):
+        """‖∇ training loss‖₂ over every trainable weight, on the fixed images (the scale a
+        global clipnorm acts on)."""
+        if self._gradient_norm is None:
+            import tensorflow as tf
+
+            model = self.model
+
+            @tf.function
+            def norm(x):
+                with tf.GradientTape() as tape:
+                    base, log_det, recon = model._forward_and_base(x, exact=False, training=False)
+                    loss = -tf.reduce_mean(base + log_det) + recon
+                return tf.linalg.global_norm(tape.gradient(loss, model.trainable_weights))
+
+            self._gradient_norm = norm
+        return float(self._gradient_norm(self.images))
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
@@ -37,6 +57,8 @@ class BatchTrace(keras.callbacks.Callback):
             errors = self.model.inverse_errors()
             row["inverse_error_max"] = max(errors.values()) if errors else None
             row["learning_rate"] = float(self.model.optimizer.learning_rate)
+            if self.images is not None and not self.model.conditional:
+                row["grad_norm"] = self.gradient_norm()
             self.write()
         if self.layers_every and batch % self.layers_every == 0:
             base, layers = decompose(self.model, self.images)

@@ -61,6 +61,9 @@ class Experiment:
             "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
             "epochs": self.paper_epochs or 10, "warmup_epochs": self.warmup_epochs,
             "augment": self.augment, "clipnorm": self.clipnorm, "geco_rate": self.geco_rate,
+            # Keras's default; Keras adds ε to √v before the bias correction, PyTorch (the
+            # reference, 1e-8) after it, so Keras's ε acts as ε/√(1 − β₂ᵗ) in PyTorch's terms
+            "adam_epsilon": 1e-7,
             "seed": 0, "train_examples": None, "eval_examples": None, "jit_compile": "auto",
             # the collapse guard (snf_tf.callbacks.CollapseGuard)
             "guard": True, "guard_val_jump": GUARD_VAL_JUMP,
@@ -257,9 +260,9 @@ def _check(cfg):
             not isinstance(cfg["warmup_epochs"], int) or cfg["warmup_epochs"] < 0:
         raise ValueError(f"{name}: warmup_epochs must be an integer >= 0, "
                          f"got {cfg['warmup_epochs']!r}")
-    for key in ("learning_rate", "clipnorm", "geco_rate"):
+    for key in ("learning_rate", "clipnorm", "geco_rate", "adam_epsilon"):
         value = cfg[key]
-        if value is None and key != "learning_rate":
+        if value is None and key in NULLABLE:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 not np.isfinite(value) or value <= 0:

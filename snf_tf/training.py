@@ -431,8 +431,9 @@ class Run:
         schedule = snf_callbacks.LinearWarmup(
             cfg["learning_rate"], cfg["warmup_epochs"] * self.steps,
             scale=cfg["guard_lr_factor"] ** rollbacks if cfg["guard"] else 1.0)
-        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=cfg["clipnorm"]),
-                      jit_compile=cfg["jit_compile"])
+        optimizer = keras.optimizers.Adam(schedule, epsilon=cfg["adam_epsilon"],
+                                          global_clipnorm=cfg["clipnorm"])
+        model.compile(optimizer=optimizer, jit_compile=cfg["jit_compile"])
         os.makedirs(self.out, exist_ok=True)
         paper = {"value": experiment.paper_value, "unit": experiment.paper_unit,
                  "text": experiment.paper, "epochs": experiment.paper_epochs}

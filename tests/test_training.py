@@ -162,8 +162,24 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, fini
 def test_a_finished_run_continues_for_more_epochs(tmp_path, finished_run):
     out = str(tmp_path / "longer")
     training.run("selfnorm_fc_mnist", out, epochs=1, verbose=0, **TINY)
+    # as written by a version without the adam_epsilon setting: resumes with Keras's default
+    with open(os.path.join(out, "config.json")) as f:
+        saved = json.load(f)
+    del saved["config"]["adam_epsilon"]
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(saved, f)
     training.run("selfnorm_fc_mnist", out, resume=True, epochs=2, verbose=0, **TINY)
     assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["config"]["adam_epsilon"] == 1e-7
+
+
+@needs_mnist
+def test_adam_epsilon_reaches_the_optimizer(tmp_path):
+    run = training.prepare("selfnorm_fc_mnist", str(tmp_path / "eps"), epochs=1,
+                           adam_epsilon=1e-8, **TINY)
+    run.train(verbose=0)
+    assert run.model.optimizer.epsilon == 1e-8
 
 
 @needs_mnist
