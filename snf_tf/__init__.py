@@ -52,6 +52,7 @@ def _register_serializables():
             return
     importlib.import_module("snf_tf.layers")
     importlib.import_module("snf_tf.model")
+    importlib.import_module("snf_tf.callbacks")  # LinearWarmup: the schedule of trained runs
 
 
 class _AfterKeras(importlib.abc.MetaPathFinder):

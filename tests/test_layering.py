@@ -82,7 +82,7 @@ def test_keras_knows_the_flow_classes_as_soon_as_it_is_loaded():
 
     code = ("import sys, snf_tf; import keras; objects = keras.saving.get_custom_objects(); "
             "print(all(f'snf_tf>{n}' in objects for n in ('FlowModel', 'SelfNormDense', "
-            "'SplitPrior', 'RealNVPCoupling')))")
+            "'SplitPrior', 'RealNVPCoupling', 'LinearWarmup')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)
     assert out.stdout.strip() == "True"

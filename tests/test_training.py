@@ -111,6 +111,17 @@ def test_best_checkpoint_gives_the_reported_test_nll(finished_run):
 
 
 @needs_mnist
+def test_a_run_checkpoint_loads_with_import_snf_tf_alone(finished_run):
+    """best.keras holds the optimizer and its LinearWarmup schedule: ``import snf_tf`` and
+    ``keras.models.load_model`` are enough to load it, optimizer state included."""
+    code = ("import sys, snf_tf, keras; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m.optimizer._learning_rate).__name__, int(m.optimizer.iterations))")
+    out = subprocess.run([sys.executable, "-c", code, os.path.join(finished_run, "best.keras")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["LinearWarmup", "6"]
+
+
+@needs_mnist
 def test_an_existing_run_is_never_overwritten(finished_run):
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
         training.prepare("selfnorm_fc_mnist", finished_run, epochs=2, **TINY)
