@@ -21,6 +21,7 @@ Bad input (missing file, unwritable output, n ≤ 0, unknown option) prints one 
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -339,18 +340,31 @@ class TrainCommand(Command):
                             help="no rollback on a collapse (validation NLL jump, ‖RW − I‖ "
                             "too large, non-finite loss): a non-finite loss stops the run")
 
-    def run(self, args):
-        from snf_tf import experiments, training
+    @staticmethod
+    def overrides(args):
+        """The settings of ``--set KEY=VALUE`` and of the flags that name a setting; a flag and
+        a ``--set`` of the same setting must agree (``ValueError`` otherwise)."""
+        from snf_tf import experiments
 
-        overrides = {}
+        overrides = dict(experiments.parse_override(text) for text in args.set)
+        flags = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+                 "train_examples": args.train_examples, "eval_examples": args.eval_examples,
+                 "guard": False if args.no_guard else None}
+        for key, value in flags.items():
+            if value is None:  # flag not given: a --set of the same setting stands
+                continue
+            if key in overrides and overrides[key] != value:
+                flag = "--no-guard" if key == "guard" else f"--{key.replace('_', '-')} {value}"
+                raise ValueError(f"{flag} and --set {key}={json.dumps(overrides[key])} disagree; "
+                                 "give the setting once")
+            overrides[key] = value
+        return overrides
+
+    def run(self, args):
+        from snf_tf import training
+
         try:
-            for text in args.set:
-                key, value = experiments.parse_override(text)
-                overrides[key] = value
-            overrides.update(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                             train_examples=args.train_examples,
-                             eval_examples=args.eval_examples,
-                             guard=False if args.no_guard else None)
+            overrides = self.overrides(args)
             out = args.out or os.path.join("runs", args.experiment.replace("/", "_"))
             prepared = training.prepare(args.experiment, out, resume=args.resume,
                                         data_dir=args.data_dir, **overrides)

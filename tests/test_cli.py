@@ -389,3 +389,34 @@ def test_class_conditional_run_sample_by_label_evaluate_and_export(tmp_path, cap
 def test_label_for_an_unconditional_model_is_refused(checkpoint, tmp_path, capsys):
     assert cli.main(["sample", checkpoint, "--label", "3", "-o", str(tmp_path / "x.png")]) == 2
     assert "not class-conditional" in capsys.readouterr().err
+
+
+def _train_overrides(*argv):
+    args = cli.build_parser().parse_args(["train", "small_selfnorm_glow_mnist", *argv])
+    return cli.TrainCommand.overrides(args)
+
+
+def test_set_of_a_setting_that_also_has_a_flag_is_kept():
+    """``--set seed=1`` (or epochs, batch_size, train/eval_examples, guard) trains with that
+    value, not with the flag's default."""
+    overrides = _train_overrides("--set", "seed=1", "--set", "epochs=2", "--set", "batch_size=50",
+                                 "--set", "train_examples=300", "--set", "guard=false")
+    assert overrides == {"seed": 1, "epochs": 2, "batch_size": 50, "train_examples": 300,
+                         "guard": False}
+    cfg = experiments.config("small_selfnorm_glow_mnist", **overrides)
+    assert (cfg["seed"], cfg["epochs"], cfg["batch_size"]) == (1, 2, 50)
+    assert _train_overrides("--seed", "3", "--no-guard") == {"seed": 3, "guard": False}
+    assert _train_overrides("--seed", "3", "--set", "seed=3") == {"seed": 3}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("--seed", "3", "--set", "seed=4"), r"--seed 3 and --set seed=4 disagree"),
+    (("--no-guard", "--set", "guard=true"), r"--no-guard and --set guard=true disagree"),
+    (("--epochs", "2", "--set", "epochs=3"), r"--epochs 2 and --set epochs=3 disagree"),
+])
+def test_a_flag_and_a_set_that_disagree_are_one_error(argv, message, tmp_path, capsys):
+    with pytest.raises(ValueError, match=message):
+        _train_overrides(*argv)
+    status = cli.main(["train", "small_selfnorm_glow_mnist", "--out", str(tmp_path / "r"), *argv])
+    assert status == 2 and "disagree" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r")
