@@ -229,7 +229,9 @@ class CollapseGuard(keras.callbacks.Callback):
                         "of the last good epoch")
         worst = max(errors.items(), key=lambda item: item[1], default=None)
         if worst is not None and not worst[1] <= self.inverse_error:
-            return f"‖RW − I‖_F of {worst[0]} {worst[1]:.3g} > {self.inverse_error:g}"
+            return (f"‖RW − I‖_F of {worst[0]} {worst[1]:.3g} > {self.inverse_error:g} (healthy "
+                    "values grow as λ falls — about 0.4 at λ = 1: raise the threshold, "
+                    "guard_inverse_error in snf-tf train, or set it to null)")
         return None
 
     def _roll_back(self, epoch, reason, batch, measured=None):

@@ -284,6 +284,7 @@ def test_guard_checks_the_inverse_error_when_asked():
     model.fit(x, batch_size=16, epochs=2, verbose=0, validation_data=(x,), callbacks=[guard])
     (event,) = guard.events
     assert event["kind"] == "stop" and "‖RW − I‖_F" in event["reason"]
+    assert "guard_inverse_error" in event["reason"]  # says how to loosen it
     assert event["measured"]["inverse_error_max"] > 1e-9
 
 
