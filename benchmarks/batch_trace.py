@@ -7,6 +7,9 @@ images and its ‖RW − I‖_F (``"layers": {name: [log_det, error or null]}``,
 
     python benchmarks/batch_trace.py selfnorm_glow_mnist --epochs 2 --out DIR \\
         --set hidden_channels=64 [--layers 25]
+
+``--resume`` continues the run in DIR to ``--epochs`` (as ``snf-tf train --resume``; give the
+same ``--set`` options) and appends to its trace.
 """
 
 import argparse
@@ -80,11 +83,16 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=0, metavar="N",
                         help="every N batches: per-layer log-dets and ‖RW − I‖_F")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     overrides = dict(experiments.parse_override(text) for text in args.set)
-    run = training.prepare(args.experiment, args.out, epochs=args.epochs, **overrides)
+    overrides["epochs"] = args.epochs
+    run = training.prepare(args.experiment, args.out, resume=args.resume, **overrides)
     images = next(iter(run.splits["validation"].unbatch().take(100).batch(100)))
     trace = BatchTrace(os.path.join(args.out, "trace.json"), args.every, args.layers, images)
+    if args.resume and os.path.exists(trace.path):
+        with open(trace.path) as f:  # the rows of the epochs the run resumes after
+            trace.rows = [r for r in json.load(f) if r["epoch"] <= len(run.history)]
     try:
         run.train(verbose=0, extra_callbacks=[trace])
     finally:
