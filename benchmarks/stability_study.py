@@ -3,11 +3,9 @@
 Each arm is a list of run folders of ``benchmarks/batch_trace.py`` (``metrics.json`` and
 ``trace.json``), one per seed. A run has *collapsed* in an epoch when its validation NLL rose by
 more than ``--jump`` (default 10 %, the default of ``snf-tf train``'s guard) over the previous
-epoch. For a collapsed run the trace gives the trigger, in the collapsing epoch: the first batch
-at which the per-batch training loss left its running band; the first traced batch at which the
-largest ‖RW − I‖_F exceeded 3× its value at the epoch's start, and at which the gradient norm on
-the fixed images exceeded 3× its running median; and, from the per-layer rows (``--layers``),
-the layer whose mean log-det moved most and the one with the largest ‖RW − I‖_F by then.
+epoch. For a collapsed run the trace gives the order in which things moved before it
+(:func:`trigger`): the training loss, ‖RW − I‖_F overall and per layer, the gradient norm, the
+layers' log-dets.
 
     python benchmarks/stability_study.py --arm "reference=runs/ref_seed*" \\
         --arm "clip=runs/clip_seed*" --out benchmarks/measured/stability_glow
@@ -49,50 +47,60 @@ def per_batch_losses(trace):
     return out
 
 
-def trigger(trace, epoch, window=50, factor=4.0):
-    """Where a collapse in ``epoch`` (1-based) started, from the trace: the first batch whose loss
-    is more than ``factor`` median absolute deviations above the median of the ``window``
-    batches before it, and the first batch at which the largest ‖RW − I‖_F passed 3× its value at
-    the epoch's start."""
+def trigger(trace, epoch, window=50, factor=4.0, growth=3.0):
+    """What moved, and when, before a collapse in ``epoch`` (1-based). Positions are
+    ``[epoch, batch]``; the baseline of the slow signals is the end of epoch 1 (after the learned
+    inverses caught up with the warm-up's first steps).
+
+    - ``loss``: the first batch of ``epoch`` whose training loss is more than ``factor`` median
+      absolute deviations from the median of the ``window`` batches before it (either way: the
+      cheap SNF loss *falls* when R drifts from W⁻¹), and the direction;
+    - ``inverse_error``: the first traced batch after epoch 1 at which the largest ‖RW − I‖_F
+      exceeded ``growth`` × its baseline, and the layer that crossed its own such bound first;
+    - ``grad_norm``: the first traced batch after epoch 1 whose gradient norm on the fixed images
+      exceeded ``growth`` × the median of those before it;
+    - ``log_det_moved_most``: the layer whose mean log-det changed most from the baseline to the
+      end of ``epoch``.
+    """
+    found = {}
     losses = [r for r in per_batch_losses(trace) if r["epoch"] == epoch]
-    loss_batch = None
     for i in range(window, len(losses)):
         recent = [r["loss"] for r in losses[i - window:i]]
         median = statistics.median(recent)
         spread = statistics.median(abs(v - median) for v in recent) or 1.0
-        if losses[i]["loss"] > median + factor * spread:
-            loss_batch = losses[i]["batch"]
+        if abs(losses[i]["loss"] - median) > factor * spread:
+            found["loss"] = [epoch, losses[i]["batch"]]
+            found["loss_direction"] = "up" if losses[i]["loss"] > median else "down"
             break
-    errors = [(r["batch"], r["inverse_error_max"]) for r in trace
-              if r["epoch"] == epoch and r.get("inverse_error_max") is not None]
-    error_batch = None
-    if errors:
-        start = errors[0][1]
-        error_batch = next((b for b, e in errors if e > 3 * start), None)
-    norms = [(r["batch"], r["grad_norm"]) for r in trace
-             if r["epoch"] == epoch and r.get("grad_norm") is not None]
-    norm_batch = next((b for i, (b, g) in enumerate(norms) if i >= 3
-                       and g > 3 * statistics.median(n for _, n in norms[:i])), None)
-    found = {"loss_batch": loss_batch, "inverse_error_batch": error_batch,
-             "grad_norm_batch": norm_batch}
-    return dict(found, **_moved_layers(trace, epoch, [b for b in found.values() if b is not None]))
-
-
-def _moved_layers(trace, epoch, batches):
-    """From the per-layer rows of ``epoch``: the layer whose mean log-det changed most from the
-    epoch's first row to the first row at or after the earliest trigger, and the layer with the
-    largest ‖RW − I‖_F in that row."""
-    rows = [r for r in trace if r["epoch"] == epoch and "layers" in r]
-    if len(rows) < 2:
-        return {}
-    at = min(batches) if batches else rows[-1]["batch"]
-    end = next((r for r in rows if r["batch"] >= at), rows[-1])
-    first = rows[0]["layers"]
-    moved = max(end["layers"], key=lambda n: abs(end["layers"][n][0] - first[n][0]))
-    errors = {n: v[1] for n, v in end["layers"].items() if v[1] is not None}
-    return {"layer_rows": [rows[0]["batch"], end["batch"]], "log_det_moved_most": moved,
-            "log_det_change": end["layers"][moved][0] - first[moved][0],
-            "worst_inverse": max(errors, key=errors.get) if errors else None}
+    before = [r for r in trace if r["epoch"] <= epoch]
+    first = [r for r in before if r["epoch"] == 1]
+    later = [r for r in before if r["epoch"] > 1]
+    base = next((r for r in reversed(first) if r.get("inverse_error_max") is not None), None)
+    if base is not None:
+        hit = next((r for r in later if (r.get("inverse_error_max") or 0)
+                    > growth * base["inverse_error_max"]), None)
+        if hit is not None:
+            found["inverse_error"] = [hit["epoch"], hit["batch"]]
+    norms = [r for r in later if r.get("grad_norm") is not None]
+    for i in range(3, len(norms)):
+        if norms[i]["grad_norm"] > growth * statistics.median(r["grad_norm"] for r in norms[:i]):
+            found["grad_norm"] = [norms[i]["epoch"], norms[i]["batch"]]
+            break
+    layered = [r for r in before if "layers" in r]
+    base_layers = next((r for r in reversed(layered) if r["epoch"] == 1), None)
+    if base_layers is not None and layered[-1]["epoch"] == epoch:
+        start, end = base_layers["layers"], layered[-1]["layers"]
+        moved = max(end, key=lambda n: abs(end[n][0] - start[n][0]))
+        found["log_det_moved_most"] = moved
+        found["log_det_change"] = end[moved][0] - start[moved][0]
+        for row in (r for r in layered if r["epoch"] > 1):
+            over = [n for n, (_, e) in row["layers"].items()
+                    if e is not None and start[n][1] and e > growth * start[n][1]]
+            if over:
+                found["first_layer_off"] = max(over, key=lambda n: row["layers"][n][1])
+                found["first_layer_off_at"] = [row["epoch"], row["batch"]]
+                break
+    return found
 
 
 def analyse(folder, jump):
