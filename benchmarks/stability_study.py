@@ -103,8 +103,14 @@ def trigger(trace, epoch, window=50, factor=4.0, growth=3.0):
     return found
 
 
-def analyse(folder, jump):
+def analyse(folder, jump, epochs=None):
+    """One run's row of the study; ``epochs``: as if it had stopped after that many."""
     metrics, trace, config = _load(folder)
+    if epochs is not None:
+        metrics["epochs"] = metrics["epochs"][:epochs]
+        trace = [r for r in trace if r["epoch"] <= epochs]
+        last = metrics["epochs"][-1]  # test NLL at the best validation epoch so far
+        metrics["best"] = {"test_nll": last.get("test_nll")}
     val = [e.get("val_nll") for e in metrics["epochs"]]
     collapsed = [i + 1 for i in range(1, len(val))
                  if val[i] is not None and val[i - 1] is not None
@@ -134,18 +140,21 @@ def _spread(values):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", action="append", required=True, metavar="NAME=GLOB",
-                        help="an arm and the glob of its run folders (repeatable)")
+                        help="an arm and the glob of its run folders (repeatable); GLOB@N: "
+                        "the runs' first N epochs only")
     parser.add_argument("--jump", type=float, default=0.1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     arms, traces = {}, {}
     for text in args.arm:
         name, _, pattern = text.partition("=")
+        pattern, _, epochs = pattern.partition("@")
+        epochs = int(epochs) if epochs else None
         folders = sorted(f for f in glob.glob(pattern)
                          if os.path.exists(os.path.join(f, "metrics.json")))
         if not folders:
             parser.error(f"--arm {name}: no run folders match {pattern!r}")
-        results = [analyse(f, args.jump) for f in folders]
+        results = [analyse(f, args.jump, epochs) for f in folders]
         arms[name] = [r for r, _ in results]
         traces[name] = [t for _, t in results]
 
