@@ -98,8 +98,11 @@ class CollapseGuard(keras.callbacks.Callback):
     after any batch, the training loss is not finite (checked per batch, so no later step
     computes on NaN weights). Either check is off when its threshold is None. The guard then
     restores the weights and optimizer state of the last good epoch (kept in memory; the state
-    before training for the first), multiplies the learning rate by ``lr_factor`` and records an
-    event in :attr:`events`; training goes on. A collapse after ``max_rollbacks`` rollbacks
+    before training for the first), multiplies the learning rate by ``lr_factor`` and the
+    reconstruction weight λ of every SNF layer by ``lambda_factor`` (each rollback raises it
+    again), and records an event in :attr:`events`; training goes on. Raising λ is what recovers
+    an SNF collapse: the restored state's learned inverses have often drifted from W⁻¹ already,
+    and a lower learning rate alone lets the drift go on (RESULTS.md, "SNF collapse study"). A collapse after ``max_rollbacks`` rollbacks
     restores the last good state and stops training (:attr:`gave_up`).
 
     On a rollback at an epoch's end the epoch logs say what the model now is: ``monitor`` and
@@ -114,8 +117,14 @@ class CollapseGuard(keras.callbacks.Callback):
     """
 
     def __init__(self, val_jump=0.1, inverse_error=None, lr_factor=0.5, max_rollbacks=3,
-                 monitor="val_nll", rollbacks=0, reference=None, verbose=True):
+                 monitor="val_nll", rollbacks=0, reference=None, verbose=True,
+                 lambda_factor=10.0):
         super().__init__()
+        if isinstance(lambda_factor, bool) or not isinstance(lambda_factor, (int, float)) or \
+                not (math.isfinite(lambda_factor) and lambda_factor >= 1):
+            raise ValueError(f"CollapseGuard: lambda_factor must be a number >= 1, got "
+                             f"{lambda_factor!r}.")
+        self.lambda_factor = float(lambda_factor)
         for name, value in (("val_jump", val_jump), ("inverse_error", inverse_error)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"CollapseGuard: {name} must be a positive number or None, "
@@ -146,6 +155,16 @@ class CollapseGuard(keras.callbacks.Callback):
     def _restore(self):
         for variable, value in self._good["state"]:
             variable.assign(value)
+
+    def _reconstruction_weights(self):
+        return [layer.reconstruction_weight for layer in getattr(self.model, "flow_layers", [])
+                if getattr(layer, "uses_reconstruction", False)]
+
+    def _raise_lambda(self, before):
+        """λ of every SNF layer ← ``lambda_factor`` × the larger of its value before the restore
+        and after it, so repeated rollbacks to one good state keep raising it."""
+        for weight, previous in zip(self._reconstruction_weights(), before):
+            weight.assign(self.lambda_factor * np.maximum(previous, weight.numpy()))
 
     def _lower_learning_rate(self):
         optimizer = self.model.optimizer
@@ -235,6 +254,7 @@ class CollapseGuard(keras.callbacks.Callback):
         return None
 
     def _roll_back(self, epoch, reason, batch, measured=None):
+        before = [w.numpy() for w in self._reconstruction_weights()]
         self._restore()
         finished = self._good["finished"]
         restored = ("the start of training" if finished == 0 else f"epoch {finished}") + \
@@ -249,9 +269,15 @@ class CollapseGuard(keras.callbacks.Callback):
         else:
             self.rollbacks += 1
             self._lower_learning_rate()
+            raised = ""
+            if before and self.lambda_factor != 1:
+                self._raise_lambda(before)
+                event["reconstruction_weight_max"] = float(max(
+                    np.max(w.numpy()) for w in self._reconstruction_weights()))
+                raised = f", λ ×{self.lambda_factor:g}"
             event["kind"] = "rollback"
             event["action"] = (f"restored the state of {restored}, learning rate "
-                               f"×{self.lr_factor:g} (rollback {self.rollbacks} of "
+                               f"×{self.lr_factor:g}{raised} (rollback {self.rollbacks} of "
                                f"{self.max_rollbacks})")
         event["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
         self.events.append(event)

@@ -68,6 +68,7 @@ class Experiment:
             # the collapse guard (snf_tf.callbacks.CollapseGuard)
             "guard": True, "guard_val_jump": GUARD_VAL_JUMP,
             "guard_inverse_error": self.guard_inverse_error, "guard_lr_factor": 0.5,
+            "guard_lambda_factor": 10.0,
             "guard_max_rollbacks": 3,
         }
 
@@ -283,6 +284,10 @@ def _check(cfg):
                 not np.isfinite(value) or value <= 0 or (key == "guard_lr_factor" and value > 1):
             what = "a number in (0, 1]" if key == "guard_lr_factor" else "a positive number or null"
             raise ValueError(f"{name}: {key} must be {what}, got {value!r}")
+    value = cfg["guard_lambda_factor"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not np.isfinite(value) or value < 1:
+        raise ValueError(f"{name}: guard_lambda_factor must be a number >= 1, got {value!r}")
     value = cfg["guard_max_rollbacks"]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name}: guard_max_rollbacks must be an integer >= 0, got {value!r}")

@@ -21,7 +21,8 @@ before the first step, wires the callbacks and writes the run folder:
 
 A collapse — a non-finite loss, the validation NLL up by more than ``guard_val_jump`` in an epoch,
 or (Glow) ‖RW − I‖_F above ``guard_inverse_error`` — rolls the run back to its last good epoch
-with the learning rate × ``guard_lr_factor`` (:class:`snf_tf.callbacks.CollapseGuard`); each
+with the learning rate × ``guard_lr_factor`` and the SNF layers' λ × ``guard_lambda_factor``
+(:class:`snf_tf.callbacks.CollapseGuard`); each
 rollback is printed and listed under ``rollbacks`` in its ``metrics.json`` epoch. After
 ``guard_max_rollbacks`` rollbacks a further collapse stops the run with the last good state kept
 (``"status": "collapsed"``; :func:`run` raises :class:`TrainingDiverged`). With ``guard=false``
@@ -452,6 +453,7 @@ class Run:
             guard = snf_callbacks.CollapseGuard(
                 val_jump=cfg["guard_val_jump"], inverse_error=cfg["guard_inverse_error"],
                 lr_factor=cfg["guard_lr_factor"], max_rollbacks=cfg["guard_max_rollbacks"],
+                lambda_factor=cfg["guard_lambda_factor"],
                 rollbacks=rollbacks, reference=last)
         log = _RunLog(self._path("metrics.json"), cfg, paper, self.history, self.steps, guard)
         tensorboard = self._path("tensorboard")

@@ -230,7 +230,8 @@ def test_guard_rolls_back_a_nan_batch_at_once_and_goes_on():
     poisoned = x.copy()
     poisoned[40] = np.nan  # batch 3 of 6 in every epoch
     model = _guarded_model()
-    guard, spy = cb.CollapseGuard(), _Spy(batches=[(0, 2)])
+    # λ left alone here so that the restored state equals the saved one exactly
+    guard, spy = cb.CollapseGuard(lambda_factor=1), _Spy(batches=[(0, 2)])
     history = model.fit(tf.data.Dataset.from_tensor_slices(poisoned).batch(16), epochs=2,
                         verbose=0, validation_data=(x,), callbacks=[guard, spy]).history
     # restored to the state before the epoch, immediately after the bad batch
@@ -259,8 +260,12 @@ def test_guard_rolls_back_a_validation_jump_and_rewrites_the_logs(tmp_path):
     assert "val_nll" in event["reason"] and event["restored_epoch"] == 1
     first = spy.at[("logs", 0)]["val_nll"]
     assert event["measured"]["val_nll"] > 1.1 * first
-    # after epoch 2 the model is the state after epoch 1, and the logs say so
-    _same(spy.at[("end", 1)], spy.at[("end", 0)])
+    # after epoch 2 the model is the state after epoch 1 with λ ×10, and the logs say so
+    is_lambda = ["reconstruction_weight" in w.path for w in model.weights]
+    after, before = spy.at[("end", 1)], spy.at[("end", 0)]
+    _same([v for v, skip in zip(after, is_lambda) if not skip],
+          [v for v, skip in zip(before, is_lambda) if not skip])
+    assert [float(v) for v, keep in zip(after, is_lambda) if keep] == [10.0]
     assert spy.at[("logs", 1)]["val_nll"] == pytest.approx(first)
     assert best.best_epoch in (0, 2)  # the collapsed epoch never became the best
     assert float(model.optimizer._learning_rate.scale) == 0.5
@@ -288,10 +293,42 @@ def test_guard_checks_the_inverse_error_when_asked():
     assert event["measured"]["inverse_error_max"] > 1e-9
 
 
+def test_each_rollback_raises_lambda_and_a_stop_keeps_the_last_good_state():
+    x = _data(64)
+    model = _guarded_model(lr=1e-3)
+    (snf,) = model.flow_layers
+    guard = cb.CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=2, verbose=False)
+    seen = []
+
+    class Lambda(keras.callbacks.Callback):  # λ while each epoch trains
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(float(snf.reconstruction_weight.numpy()))
+
+    model.fit(x, batch_size=16, epochs=4, verbose=0, validation_data=(x,),
+              callbacks=[Lambda(), guard])
+    assert [e["kind"] for e in guard.events] == ["rollback", "rollback", "stop"]
+    assert seen == pytest.approx([1.0, 10.0, 100.0])  # ×10 per rollback, compounding
+    assert [e["reconstruction_weight_max"] for e in guard.events[:2]] == pytest.approx([10, 100])
+    assert "λ ×10" in guard.events[0]["action"]
+    assert float(snf.reconstruction_weight.numpy()) == 1.0  # the restored start state
+
+
+def test_guard_leaves_lambda_alone_with_factor_1():
+    x = _data(64)
+    model = _guarded_model(lr=1e-3)
+    guard = cb.CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=1,
+                             lambda_factor=1, verbose=False)
+    model.fit(x, batch_size=16, epochs=2, verbose=0, validation_data=(x,), callbacks=[guard])
+    assert guard.events[0]["kind"] == "rollback" and "λ" not in guard.events[0]["action"]
+    assert float(model.flow_layers[0].reconstruction_weight.numpy()) == 1.0
+
+
 def test_guard_arguments_and_schedules_are_checked():
     for kwargs, message in [({"val_jump": 0}, "val_jump"), ({"lr_factor": 1.5}, "lr_factor"),
                             ({"max_rollbacks": -1}, "max_rollbacks"),
-                            ({"inverse_error": math.nan}, "inverse_error")]:
+                            ({"inverse_error": math.nan}, "inverse_error"),
+                            ({"lambda_factor": 0.5}, "lambda_factor must be a number >= 1"),
+                            ({"lambda_factor": math.inf}, "lambda_factor")]:
         with pytest.raises(ValueError, match=message):
             cb.CollapseGuard(**kwargs)
     model = FlowModel([SelfNormDense()])

@@ -139,6 +139,8 @@ def test_parse_override(text, expected):
     (lambda: experiments.config("selfnorm_fc_mnist", guard_val_jump=0), "guard_val_jump"),
     (lambda: experiments.config("selfnorm_fc_mnist", guard_lr_factor=2.0),
      r"guard_lr_factor must be a number in \(0, 1\]"),
+    (lambda: experiments.config("selfnorm_fc_mnist", guard_lambda_factor=0.5),
+     "guard_lambda_factor must be a number >= 1"),
     (lambda: experiments.config("selfnorm_fc_mnist", guard_max_rollbacks=1.5),
      "guard_max_rollbacks"),
     (lambda: experiments.config("selfnorm_glow_mnist", guard_inverse_error=-1),
