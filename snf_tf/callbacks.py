@@ -102,8 +102,9 @@ class CollapseGuard(keras.callbacks.Callback):
     reconstruction weight λ of every SNF layer by ``lambda_factor`` (each rollback raises it
     again), and records an event in :attr:`events`; training goes on. Raising λ is what recovers
     an SNF collapse: the restored state's learned inverses have often drifted from W⁻¹ already,
-    and a lower learning rate alone lets the drift go on (RESULTS.md, "SNF collapse study"). A collapse after ``max_rollbacks`` rollbacks
-    restores the last good state and stops training (:attr:`gave_up`).
+    and a lower learning rate alone lets the drift go on (RESULTS.md, "SNF collapse study"). A
+    collapse after ``max_rollbacks`` rollbacks restores the last good state and stops training
+    (:attr:`gave_up`).
 
     On a rollback at an epoch's end the epoch logs say what the model now is: ``monitor`` and
     ``val_bpd`` become those of the restored epoch (the measured values are in the event), so a
