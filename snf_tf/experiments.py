@@ -18,8 +18,8 @@ import types
 
 import numpy as np
 
-__all__ = ["EXPERIMENTS", "Experiment", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP", "NULLABLE",
-           "build_model", "config", "datasets", "get", "names", "parse_override",
+__all__ = ["EXPERIMENTS", "Experiment", "GECO_RATE", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP",
+           "NULLABLE", "build_model", "config", "datasets", "get", "names", "parse_override",
            "setting_names"]
 
 _MNIST_EVAL = 500
@@ -101,18 +101,25 @@ def _glow(dataset, conv, paper, value, **kwargs):
                        "glow", paper, value, guard_inverse_error=GLOW_INVERSE_ERROR, **kwargs)
 
 
-def _small_glow(dataset, description, paper, num_classes=None):
+#: GECO's rate in the recommended SNF training (RESULTS.md, "SNF collapse study")
+GECO_RATE = 1e-3
+
+
+def _small_glow(dataset, description, paper, num_classes=None, geco=False):
     """The CPU-sized SNF Glow of the quick start (2×4 steps, width 64, λ = 100, lr 2e-3 after a
-    1-epoch warm-up, 3 epochs), unconditional or class-conditional."""
+    1-epoch warm-up, 3 epochs), unconditional or class-conditional; with ``geco``, λ starts at 1
+    and GECO adapts it (the guard then leaves ‖RW − I‖ alone: at λ = 1 healthy runs reach 0.7
+    and GECO, not a rollback, brings a drift back)."""
     kwargs = {"conv": "selfnorm", "num_blocks": 2, "steps_per_block": 4, "hidden_channels": 64,
-              "reconstruction_weight": 100.0}
-    prefix = "small_selfnorm"
+              "reconstruction_weight": 1.0 if geco else 100.0}
+    prefix = "small_geco" if geco else "small_selfnorm"
     if num_classes:
         kwargs["num_classes"], prefix = num_classes, "conditional"
     return _experiment(
         f"{prefix}_glow_{dataset}", "small SNF Glow (2×4 steps, width 64, SNF 1×1 convs) on "
         + description, dataset, "glow", paper, None, model_kwargs=kwargs, learning_rate=2e-3,
-        warmup_epochs=1, paper_epochs=3, guard_inverse_error=GLOW_INVERSE_ERROR)
+        warmup_epochs=1, paper_epochs=3, geco_rate=GECO_RATE if geco else None,
+        guard_inverse_error=None if geco else GLOW_INVERSE_ERROR)
 
 
 _GLOW_MNIST = {"num_blocks": 2, "steps_per_block": 16, "hidden_channels": 512}
@@ -153,12 +160,15 @@ EXPERIMENTS = {e.name: e for e in (
         model_kwargs={"conv": "selfnorm", "num_blocks": 2, "steps_per_block": 4,
                       "hidden_channels": 16, "split_hidden_channels": 16, "kernel_size": 5,
                       "reconstruction_weight": 1.0},
-        geco_rate=1e-3, paper_epochs=1000),
+        geco_rate=GECO_RATE, paper_epochs=1000),
     _small_glow("mnist", "MNIST, 3 epochs in about 4 minutes on 2 CPU cores (the unconditional "
                 "control of conditional_glow_mnist, the quick start's model)",
                 "not in the paper: a reduced selfnorm_glow_mnist"),
     _small_glow("fashion_mnist", "Fashion-MNIST (the unconditional control of "
                 "conditional_glow_fashion_mnist)", "not in the paper"),
+    _small_glow("mnist", "MNIST with λ₀ = 1 and GECO-adapted λ: the recommended SNF training "
+                "(RESULTS.md, \"SNF collapse study\")", "not in the paper: "
+                "small_selfnorm_glow_mnist with GECO (Table A.5's remedy)", geco=True),
     _small_glow("mnist", "MNIST, class-conditional p(x | y): the quick start's model, 3 epochs in "
                 "about 4 minutes on 2 CPU cores", "not in the paper: class-conditional SNF Glow "
                 "(conditional couplings, split and base)", 10),

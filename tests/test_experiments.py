@@ -11,7 +11,7 @@ REFERENCE_NAMES = [
     "conv1x1_glow_mnist", "selfnorm_glow_mnist", "conv1x1_glow_cifar", "selfnorm_glow_cifar",
     "conv1x1_glow_imagenet", "selfnorm_glow_imagenet", "geco_selfnorm_glow_mnist",
     "small_selfnorm_glow_mnist", "small_selfnorm_glow_fashion_mnist", "conditional_glow_mnist",
-    "conditional_glow_fashion_mnist", "snf_timescaling",
+    "conditional_glow_fashion_mnist", "small_geco_glow_mnist", "snf_timescaling",
 ]
 
 
@@ -29,6 +29,18 @@ def test_conditional_experiments_match_their_unconditional_controls():
         assert strip(conditional) == strip(control)  # the same model size and training
         model = experiments.build_model(experiments.config(f"conditional_glow_{dataset}"))
         assert model.num_classes == 10
+
+
+def test_the_recommended_geco_experiment_is_the_quick_start_size_with_geco():
+    recommended = experiments.config("small_geco_glow_mnist")
+    control = experiments.config("small_selfnorm_glow_mnist")
+    assert recommended["model_kwargs"].pop("reconstruction_weight") == 1.0
+    assert control["model_kwargs"].pop("reconstruction_weight") == 100.0
+    assert (recommended["geco_rate"], control["geco_rate"]) == (experiments.GECO_RATE, None)
+    assert recommended["guard_inverse_error"] is None  # healthy ‖RW − I‖ reaches 0.7 at λ = 1
+    differ = {"experiment", "geco_rate", "guard_inverse_error"}
+    assert {k: v for k, v in recommended.items() if k not in differ} == \
+        {k: v for k, v in control.items() if k not in differ}
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -178,6 +190,6 @@ def test_the_guard_is_on_everywhere_and_checks_rw_in_glow_only():
     for name in experiments.names():
         cfg = experiments.config(name)
         assert cfg["guard"] is True and cfg["guard_val_jump"] == experiments.GUARD_VAL_JUMP
-        glow = cfg["model"] == "glow" and name != "geco_selfnorm_glow_mnist"
+        glow = cfg["model"] == "glow" and not cfg["geco_rate"]  # GECO runs: λ grows instead
         assert cfg["guard_inverse_error"] == (experiments.GLOW_INVERSE_ERROR if glow else None)
     assert experiments.config("selfnorm_fc_mnist", guard=False)["guard"] is False
