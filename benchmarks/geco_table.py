@@ -74,15 +74,24 @@ def _plot(arms, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for name, arm in arms.items():
+    labelled = set()
+    for arm in arms.values():  # one colour per kind of arm, one line per seed
         rows = arm["epochs"]
+        kind = "GECO" if arm["geco_rate"] else "fixed λ"
+        color = "C0" if arm["geco_rate"] else "C3"
+        label = None if kind in labelled else kind
+        labelled.add(kind)
         epochs = [r["epoch"] for r in rows]
-        axes[0].plot(epochs, [r["val_nll"] for r in rows], "o-", ms=3, label=name)
-        axes[1].plot(epochs, [r["inverse_error_max"] for r in rows], "o-", ms=3, label=name)
-        axes[2].plot(epochs, [r["lambda_median"] for r in rows], "o-", ms=3,
-                     label=f"{name} (median)")
-        axes[2].plot(epochs, [r["lambda_max"] for r in rows], "--", lw=1, label=f"{name} (max)")
-    axes[0].set(xlabel="epoch", ylabel="exact validation NLL (nats)",
+        axes[0].plot(epochs, [r["val_nll"] for r in rows], "o-", ms=3, color=color, alpha=0.7,
+                     label=label)
+        axes[1].plot(epochs, [r["inverse_error_max"] for r in rows], "o-", ms=3, color=color,
+                     alpha=0.7, label=label)
+        if arm["geco_rate"]:
+            axes[2].plot(epochs, [r["lambda_median"] for r in rows], "o-", ms=3, color=color,
+                         alpha=0.7, label=None if label is None else "GECO (median)")
+            axes[2].plot(epochs, [r["lambda_max"] for r in rows], "--", lw=1, color="C1",
+                         alpha=0.7, label=None if label is None else "GECO (max)")
+    axes[0].set(xlabel="epoch", ylabel="exact validation NLL (nats)", yscale="log",
                 title="validation NLL")
     axes[1].set(xlabel="epoch", ylabel="largest ‖RW − I‖_F", yscale="log",
                 title="learned-inverse error")
@@ -90,10 +99,13 @@ def _plot(arms, path):
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    described = [f"{name} (GECO rate {arm['geco_rate']:g})" if arm["geco_rate"] else
-                 f"{name} (fixed λ)" for name, arm in arms.items()]
-    fig.suptitle("geco_selfnorm_glow_mnist, seed " + ", ".join(
-        sorted({str(arm["seed"]) for arm in arms.values()})) + ": " + " vs ".join(described))
+    counts = {}
+    for arm in arms.values():
+        kind = f"GECO rate {arm['geco_rate']:g}" if arm["geco_rate"] else "fixed λ"
+        counts[kind] = counts.get(kind, 0) + 1
+    fig.suptitle("geco_selfnorm_glow_mnist, seeds " + ", ".join(
+        sorted({str(arm["seed"]) for arm in arms.values()})) + ": " + " vs ".join(
+        f"{kind} ({n} runs)" for kind, n in counts.items()))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
