@@ -6,6 +6,8 @@ index scatter used by the layers), and ``batch_jacobian``. The generic checks of
 are in ``test_layer_table.py``.
 """
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -565,6 +567,28 @@ def test_cache_is_refreshed_eagerly_and_never_stale_in_graphs():
     assert np.all(np.isnan(xla(x)))                                      # XLA: NaN, never stale
     layer.refresh_log_det()
     np.testing.assert_allclose(xla(x), np.full(4, truth()), rtol=1e-5)
+
+
+def test_many_layers_refresh_their_log_dets_without_a_retracing_warning():
+    # each layer traces its log-det once; tf.function must not see that as one function
+    # retracing (it printed "5 out of the last 5 calls ... triggered tf.function retracing")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        layers = [built(SelfNormConv2D(1), (1, 4, 4, 3)) for _ in range(8)]
+        for seed, layer in enumerate(layers):
+            layer.kernel.assign(layer.kernel + 0.3 * tf.random.stateless_normal(
+                layer.kernel.shape, [seed, 0]))
+            layer.refresh_log_det()
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
+    for layer in layers:
+        np.testing.assert_allclose(layer.log_det_cache.numpy(), 16 * np.linalg.slogdet(
+            layer.kernel.numpy()[0, 0])[1], rtol=1e-5)
 
 
 def test_exact_flag_changes_values_not_gradients():

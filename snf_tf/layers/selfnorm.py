@@ -34,6 +34,21 @@ def _fingerprint(kernel):
     return tf.stack([tf.reduce_sum(bits * first), tf.reduce_sum(bits * second)])
 
 
+class _LiveLogAbsDet:
+    """One layer's live ``log|det|`` as a callable object, for ``tf.function``.
+
+    ``tf.function`` counts retracings per Python code object, so a lambda per layer would make
+    eight SNF layers that each trace once look like one function retraced eight times ("5 out of
+    the last 5 calls ... triggered tf.function retracing"). An object is counted by itself.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, kernel):
+        return self.layer._live_log_abs_det(kernel)
+
+
 class _SelfNormLayer(FlowLayer):
     """Shared machinery: gradient modes, learned inverse, reconstruction loss, exact log-det cache.
 
@@ -151,7 +166,7 @@ class _SelfNormLayer(FlowLayer):
         if tf.executing_eagerly():  # one traced call, not the banded LU op by op
             traced = self.__dict__.get("_traced_log_abs_det")
             if traced is None:  # set past Keras's attribute tracking, which would wrap it
-                traced = tf.function(lambda k: self._live_log_abs_det(k), reduce_retracing=True)
+                traced = tf.function(_LiveLogAbsDet(self), reduce_retracing=True)
                 self.__dict__["_traced_log_abs_det"] = traced
             value = warn_if_singular(self, traced(kernel))
         else:
