@@ -45,6 +45,25 @@ def test_geco_grows_lambda_by_the_ema_of_reconstruction_errors():
     np.testing.assert_allclose(float(layer.reconstruction_weight), math.exp(log_lambda), rtol=1e-5)
 
 
+def test_geco_over_several_layers_matches_the_per_layer_update_to_the_bit():
+    layers = [SelfNormDense(reconstruction_weight=w) for w in (1.0, 2.0, 0.5)]
+    model = FlowModel(layers)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(
+        [float(layer.last_reconstruction_error) for layer in layers]))
+    geco = cb.Geco(rate=0.3, decay=0.9)
+    model.fit(_data(), batch_size=8, epochs=2, verbose=0, callbacks=[record, geco])
+    for i, layer in enumerate(layers):  # the eager λ·exp(rate·ema) on a float32 variable
+        weight, ema = np.float32(layer.initial_reconstruction_weight), None
+        for errors in seen:
+            ema = errors[i] if ema is None else 0.9 * ema + 0.1 * errors[i]
+            weight = weight * np.float32(math.exp(0.3 * ema))
+        assert float(layer.reconstruction_weight.numpy()) == float(weight)
+    assert len(seen) == 16 and geco._update.experimental_get_tracing_count() == 1
+    assert set(geco.ema) == {layer.name for layer in layers}
+
+
 def test_recorded_reconstruction_error_is_the_unweighted_loss():
     layer = SelfNormDense(reconstruction_weight=3.0)
     x = _data(8)
