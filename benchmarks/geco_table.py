@@ -10,11 +10,13 @@ Two ``snf-tf train geco_selfnorm_glow_mnist`` run folders (one with ``--set geco
 
 Prints per arm the validation NLL, the test NLL at the best validation epoch, the largest
 ‖RW − I‖_F and λ (median and max over the SNF layers) at chosen epochs; writes ``OUT/geco.json``
-and ``OUT/geco.png`` (validation NLL, ‖RW − I‖_F and λ per epoch).
+and ``OUT/geco.png`` (validation NLL, ‖RW − I‖_F and λ per epoch); then one line per arm
+(:func:`summary`: the collapse epoch, the test NLL at the best validation epoch, ‖RW − I‖_F).
 """
 
 import argparse
 import json
+import math
 import os
 
 
@@ -41,6 +43,22 @@ def arm_rows(metrics, config):
     return rows
 
 
+def summary(rows, best, jump=0.1):
+    """One run in a line: the first epoch whose validation NLL rose more than ``jump`` over the
+    epoch before (None: no collapse), the test NLL at the best validation epoch, the largest
+    ‖RW − I‖_F (and its epoch) and the last, and the largest λ at the end."""
+    val = [r["val_nll"] for r in rows]
+    collapsed = next((i + 1 for i in range(1, len(val)) if not math.isfinite(val[i])
+                      or val[i] > (1 + jump) * val[i - 1]), None)
+    errors = [r["inverse_error_max"] for r in rows]
+    worst = max(range(len(errors)), key=errors.__getitem__)
+    best = best or {}
+    return {"epochs": len(rows), "collapsed_epoch": collapsed,
+            "test_nll_at_best": best.get("test_nll"), "best_epoch": best.get("epoch"),
+            "inverse_error_max": errors[worst], "inverse_error_max_epoch": worst + 1,
+            "inverse_error_last": errors[-1], "lambda_max_last": rows[-1]["lambda_max"]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", action="append", required=True, metavar="NAME=RUN")
@@ -50,8 +68,10 @@ def main(argv=None):
     for text in args.arm:
         name, _, folder = text.partition("=")
         metrics, config = _load(folder)
+        rows = arm_rows(metrics, config)
         arms[name] = {"run": folder, "geco_rate": config["geco_rate"], "seed": config["seed"],
-                      "epochs": arm_rows(metrics, config), "best": metrics.get("best")}
+                      "epochs": rows, "best": metrics.get("best"),
+                      "summary": summary(rows, metrics.get("best"))}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "geco.json"), "w") as f:
         json.dump(arms, f, indent=1)
@@ -65,6 +85,15 @@ def main(argv=None):
             print(f"{name:<8} {epoch:>5} {r['val_nll']:>9.2f} {r['test_nll']:>16.2f} "
                   f"{r['inverse_error_max']:>11.4f} {r['lambda_median']:>9.3g} "
                   f"{r['lambda_max']:>8.3g}")
+    print(f"\n{'arm':<8} {'epochs':>6} {'collapsed':>9} {'test NLL (epoch)':>17} "
+          f"{'largest ‖RW−I‖ (epoch)':>23} {'last':>6} {'λ max':>6}")
+    for name, arm in arms.items():
+        row = arm["summary"]
+        collapsed = row["collapsed_epoch"] or "no"
+        print(f"{name:<8} {row['epochs']:>6} {collapsed:>9} "
+              f"{row['test_nll_at_best']:>9.2f} ({row['best_epoch']:>2}) "
+              f"{row['inverse_error_max']:>15.3g} ({row['inverse_error_max_epoch']:>2}) "
+              f"{row['inverse_error_last']:>6.3g} {row['lambda_max_last']:>6.3g}")
     _plot(arms, os.path.join(args.out, "geco.png"))
 
 
