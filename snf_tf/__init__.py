@@ -1,16 +1,19 @@
 """snf_tf — Self Normalizing Flows (Keller et al., ICML 2021) for TensorFlow 2 / Keras 3 / TFP.
 
-``import snf_tf`` does not load TensorFlow: submodules and the main names load on first use
-(PEP 562), so entry points and user code can still set the environment (``TF_*`` variables)
-after it. The flow layers and ``FlowModel`` register themselves with Keras's serialization as
-soon as Keras is loaded — by whoever loads it — so ``import snf_tf`` followed by
-``keras.models.load_model("flow.keras")`` works as before.
+``import snf_tf`` registers every class a ``.keras`` file of the package can hold (the flow
+layers, ``FlowModel``, ``ConditionalNormal``, the ``LinearWarmup`` schedule) with Keras, through
+``keras.saving.register_keras_serializable`` at their definition: after ``import snf_tf`` — or
+after importing any of its submodules, which imports the package first — ``keras.models.
+load_model`` loads every checkpoint the package writes, whatever was imported before.
+
+It sets ``TF_ENABLE_ONEDNN_OPTS`` before TensorFlow loads (:mod:`snf_tf._environment`). The one
+exception to the eager registration is the ``snf-tf`` command itself (console script or
+``python -m snf_tf``): it sets TensorFlow's log level first and loads TensorFlow only for the
+commands that need it (``snf-tf list`` and ``--help`` start at once), then registers the same
+classes (:func:`register_serializables`).
 """
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 
 from snf_tf import _environment
 
@@ -26,7 +29,18 @@ _NAMES = {"FlowLayer": "snf_tf.layers", "SelfNormConv2D": "snf_tf.layers",
 
 __all__ = ["ConditionalNormal", "FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense",
            "bijectors", "callbacks", "data", "experiments", "export", "layers", "models", "ops",
-           "training", "__version__"]
+           "register_serializables", "training", "__version__"]
+
+#: the modules whose classes a ``.keras`` file of the package can name
+_SERIALIZABLE_MODULES = ("snf_tf.layers", "snf_tf.model", "snf_tf.callbacks")
+
+
+def register_serializables():
+    """Import the modules whose classes register themselves with Keras at their definition
+    (idempotent). ``import snf_tf`` calls it, except in the ``snf-tf`` command, which calls it
+    once TensorFlow is loaded."""
+    for name in _SERIALIZABLE_MODULES:
+        importlib.import_module(name)
 
 
 def __getattr__(name):
@@ -43,39 +57,8 @@ def __dir__():
     return sorted(set(globals()) | set(__all__))
 
 
-def _register_serializables():
-    """Import the modules whose classes Keras must know to load a ``.keras`` file — unless an
-    snf_tf module is being imported right now (it imported Keras itself and registers its own
-    classes as it loads; importing more of snf_tf in the middle of that would be circular)."""
-    for name, module in list(sys.modules.items()):
-        if name.startswith("snf_tf.") and getattr(module.__spec__, "_initializing", False):
-            return
-    importlib.import_module("snf_tf.layers")
-    importlib.import_module("snf_tf.model")
-    importlib.import_module("snf_tf.callbacks")  # LinearWarmup: the schedule of trained runs
-
-
-class _AfterKeras(importlib.abc.MetaPathFinder):
-    """Runs :func:`_register_serializables` right after the first ``import keras``."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_register(module):
-            exec_module(module)
-            _register_serializables()
-
-        spec.loader.exec_module = exec_then_register
-        return spec
-
-
-if "keras" in sys.modules:
-    _register_serializables()
+if _environment.started_as_command():
+    _environment.quiet_tensorflow_logs()
 else:
-    sys.meta_path.insert(0, _AfterKeras())
+    _environment.import_tensorflow_quietly()
+    register_serializables()

@@ -16,7 +16,11 @@ import os
 import platform
 import sys
 
-__all__ = ["import_tensorflow_quietly", "onednn_enabled", "prefer_onednn"]
+__all__ = ["import_tensorflow_quietly", "onednn_enabled", "prefer_onednn", "quiet_tensorflow_logs",
+           "started_as_command"]
+
+#: the console script's name (``[project.scripts]``) and the package run by ``python -m``
+COMMAND, PACKAGE = "snf-tf", "snf_tf"
 
 #: what TensorFlow 2.21 prints on every CPU-only import, whatever the log level
 _IMPORT_NOISE = ("All log messages before absl::InitializeLog() is called",
@@ -33,6 +37,32 @@ def prefer_onednn():
         return False
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
     return True
+
+
+def started_as_command():
+    """Whether this process is the ``snf-tf`` console script or ``python -m snf_tf`` (read from
+    the command line, so it is known before ``snf_tf/__init__`` imports anything)."""
+    if sys.argv and os.path.splitext(os.path.basename(sys.argv[0]))[0] == COMMAND:
+        return True
+    argv = list(getattr(sys, "orig_argv", ()))[1:]  # the interpreter's own arguments (3.10+)
+    while argv:
+        arg = argv.pop(0)
+        if arg == "-m":
+            return bool(argv) and argv[0] == PACKAGE
+        if arg.startswith("-m"):
+            return arg[2:] == PACKAGE
+        if arg in ("-W", "-X"):  # options with a value
+            argv = argv[1:]
+        elif arg == "-c" or not arg.startswith("-"):  # a program: no -m follows
+            return False
+    return False
+
+
+def quiet_tensorflow_logs():
+    """TensorFlow's C++ log level 3 (errors that matter reach the user as Python exceptions),
+    unless ``TF_CPP_MIN_LOG_LEVEL`` is set. TensorFlow reads it once, when it loads: this is for
+    the ``snf-tf`` command, whose output is its own."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def onednn_enabled():

@@ -1,6 +1,15 @@
-"""File-system checks shared by the run folders and the CLI (no TensorFlow import)."""
+"""File-system pieces shared by the run folders and the CLI (no TensorFlow import): checks of
+where a file can go, atomic writes that survive a kill or a power loss, one-line descriptions of
+write faults, and the lock that keeps a run folder to one writer."""
 
+import contextlib
+import json
 import os
+import socket
+import tempfile
+
+__all__ = ["RunLock", "atomic_path", "check_writable", "fsync_directory", "fsync_file",
+           "read_json", "umask_mode", "write_json"]
 
 
 def check_writable(path, what, directory=False):
@@ -18,3 +27,139 @@ def check_writable(path, what, directory=False):
         raise ValueError(f"cannot create {what} {path}: {ancestor} is not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {what} {path}: {ancestor} is not writable")
+
+
+def umask_mode(mode=0o666):
+    """``mode`` with the process umask applied: what ``open(path, "w")`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def fsync_file(path):
+    """Flush a written file's data to the disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path):
+    """Flush a directory's entries (a rename in it) to the disk; a no-op where it cannot."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` (after an fsync) when
+    the block ends without error, removed otherwise. A kill or a full disk leaves ``path`` as it
+    was. The file gets the mode of a plain ``open`` (not ``mkstemp``'s 0600). ``suffix`` is for
+    writers that want a file name ending (``.keras``)."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial" + suffix, dir=folder)
+    os.close(handle)
+    try:
+        try:
+            yield tmp
+            os.chmod(tmp, umask_mode())
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except OSError as error:  # writers (zipfile, h5py) often do not say which file failed
+            if error.filename or not error.errno:
+                raise
+            raise OSError(error.errno, error.strerror, path) from error
+        fsync_directory(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def is_partial_file(name):
+    """Whether ``name`` is a temporary file that a killed :func:`atomic_path` write left (or an
+    earlier version's ``tmpXXXX.keras`` / ``*.json.tmp``)."""
+    return (name.startswith(".") and ".partial" in name) or \
+        (name.startswith("tmp") and name.endswith(".keras")) or name.endswith(".json.tmp")
+
+
+def write_json(path, payload):
+    """Write JSON atomically (a kill or a full disk leaves the earlier file)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+def read_json(path, what, advice):
+    """The JSON in ``path``; ``ValueError`` in one line naming the file, what is wrong with it and
+    ``advice`` (what to do) when it is empty, truncated or not JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        size = os.path.getsize(path)
+        cause = "it is empty" if size == 0 else f"it is not valid JSON ({error})"
+        raise ValueError(f"{what} {path} is damaged: {cause}; {advice}") from None
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock``, which holds the
+    owner's pid and host. The operating system releases it when the process ends, however it
+    ends, so the lock of a killed run is never in the way (its file stays, and is reused)."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder):
+        self.folder = os.path.abspath(folder)
+        self.path = os.path.join(self.folder, self.NAME)
+        self._handle = None
+
+    def acquire(self, what="a run"):
+        """Take the lock or raise ``ValueError`` naming the process that holds it."""
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise ValueError(f"{self.folder} is in use: {owner} is writing {what} there; wait "
+                             "for it to end or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self):
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None
+
+    @property
+    def held_here(self):
+        return self._handle is not None
+
+    @classmethod
+    def held(cls, folder):
+        """Whether some process (this one included) holds the lock of ``folder`` now."""
+        import fcntl
+
+        path = os.path.join(folder, cls.NAME)
+        if not os.path.exists(path):
+            return False
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -14,17 +14,17 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from snf_tf._files import atomic_path, fsync_directory, fsync_file
 from snf_tf.layers.base import NonFiniteError
 
-__all__ = ["AtomicBackupAndRestore", "BestValidationTest", "CollapseGuard", "Geco", "ImageGrid",
-           "LinearWarmup", "image_grid", "save_atomically", "save_png"]
+__all__ = ["AtomicBackupAndRestore", "BestValidationTest", "CollapseGuard", "DamagedBackup", "Geco",
+           "ImageGrid", "LinearWarmup", "image_grid", "save_atomically", "save_png"]
 
 
 @keras.saving.register_keras_serializable(package="snf_tf")
@@ -329,12 +329,14 @@ def image_grid(images, columns=None):
 
 
 def save_png(path, grid):
-    """Write a uint8 ``[H, W, C]`` grid (C = 1 gray, 3 RGB) as a PNG."""
+    """Write a uint8 ``[H, W, C]`` grid (C = 1 gray, 3 RGB) as a PNG, atomically: a failed write
+    (full disk, kill) leaves the earlier file at ``path``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plt.imsave(path, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
-               format="png")  # whatever the file name ends with
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0,
+                   vmax=255, format="png")  # whatever the file name ends with
 
 
 class ImageGrid(keras.callbacks.Callback):
@@ -402,18 +404,16 @@ class BestValidationTest(keras.callbacks.Callback):
 
 
 def save_atomically(model, path):
-    """``model.save(path)`` through a temporary file and ``os.replace``: a kill never leaves a
-    half-written checkpoint at ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".keras", dir=folder)
-    os.close(handle)
-    try:
+    """``model.save(path)`` through a temporary file (``.NAME.XXXX.partial.keras`` beside it),
+    an fsync and ``os.replace``: a kill, a power loss or a full disk never leaves a half-written
+    checkpoint at ``path``; the file has the mode of any other written file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+
+class DamagedBackup(ValueError):
+    """A backup that cannot be read (truncated or corrupt files); the message says what to do."""
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -421,10 +421,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Keras writes the weights and then the epoch number in place, so a kill between the two (or
     during the first) leaves a backup whose weights and epoch disagree. Here each backup is
-    written whole into ``backup_dir.tmp`` and swapped in by renames (``backup_dir`` →
-    ``backup_dir.old``, ``.tmp`` → ``backup_dir``); a restart finds either the old or the new
-    backup complete. A state with non-finite weights is never backed up, and the backup is kept
-    (not deleted) when training stops early, e.g. through ``TerminateOnNaN``.
+    written whole into ``backup_dir.tmp``, flushed to the disk (fsync, so a power loss cannot
+    leave it truncated either) and swapped in by renames (``backup_dir`` → ``backup_dir.old``,
+    ``.tmp`` → ``backup_dir``); a restart finds either the old or the new backup complete, and
+    ``backup_dir.old`` keeps the epoch before as a fallback should the newest be damaged. A state
+    with non-finite weights is never backed up, and the backup is kept (not deleted) when
+    training stops early, e.g. through ``TerminateOnNaN``.
 
     Backups are per epoch only: Keras restarts an interrupted epoch from its first batch, so a
     mid-epoch backup would replay batches and the resumed run would differ from an uninterrupted
@@ -435,23 +437,62 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         # kept at the end of training, so that a finished run can be continued for more epochs
         super().__init__(os.fspath(backup_dir), save_freq="epoch", delete_checkpoint=False)
 
-    @staticmethod
-    def saved_epoch(backup_dir):
-        """The number of finished epochs in the backup at ``backup_dir`` (None: no backup)."""
-        for folder in (backup_dir, os.fspath(backup_dir) + ".old"):
-            path = os.path.join(folder, "training_metadata.json")
-            if os.path.isfile(path) and os.path.isfile(
-                    os.path.join(folder, "latest.weights.h5")):
-                with open(path) as f:
-                    return int(json.load(f)["epoch"])
-        return None
+    WEIGHTS, METADATA = "latest.weights.h5", "training_metadata.json"
+
+    @classmethod
+    def _read(cls, folder):
+        """The epoch of the backup in ``folder``, None if there is none; ``DamagedBackup`` (one
+        line naming the file) if its files cannot be read whole."""
+        metadata, weights = (os.path.join(folder, cls.METADATA), os.path.join(folder, cls.WEIGHTS))
+        if not (os.path.isfile(metadata) and os.path.isfile(weights)):
+            return None
+        try:
+            with open(metadata, encoding="utf-8") as f:
+                epoch = int(json.load(f)["epoch"])
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            cause = "it is empty" if os.path.getsize(metadata) == 0 else \
+                f"{type(error).__name__}: {error}"
+            raise DamagedBackup(f"the backup file {metadata} is damaged ({cause})") from None
+        import h5py
+
+        try:  # every array read whole: a truncated file fails here, not in the middle of fit
+            with h5py.File(weights, "r") as f:
+                f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset)
+                             else None)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            cause = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DamagedBackup(f"the backup file {weights} is damaged ({cause})") from None
+        return epoch
+
+    @classmethod
+    def saved_epoch(cls, backup_dir):
+        """The number of finished epochs in the backup at ``backup_dir`` (None: no backup).
+        ``DamagedBackup`` in one line if it cannot be read, offering ``backup_dir.old`` (the
+        epoch before) when that one is intact."""
+        backup_dir = os.fspath(backup_dir)
+        old = backup_dir + ".old"
+        try:
+            epoch = cls._read(backup_dir)
+        except DamagedBackup as error:
+            try:
+                earlier = cls._read(old)
+            except DamagedBackup:
+                earlier = None
+            if earlier is not None:
+                raise DamagedBackup(
+                    f"{error}; the backup of epoch {earlier} in {old} is intact: resume from "
+                    f"it with `rm -r {backup_dir} && mv {old} {backup_dir}`, then the same "
+                    "--resume command") from None
+            raise DamagedBackup(f"{error}; no intact backup is left to resume from: train "
+                                "into another --out (best.keras, the best validation epoch, "
+                                "is a separate file)") from None
+        return epoch if epoch is not None else cls._read(old)
 
     def on_train_begin(self, logs=None):
         old = self.backup_dir + ".old"
         if not os.path.exists(self.backup_dir) and os.path.exists(old):
             os.replace(old, self.backup_dir)  # killed between the two renames
         shutil.rmtree(self.backup_dir + ".tmp", ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
         super().on_train_begin(logs)
 
     def _save_model(self):
@@ -463,13 +504,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         tmp, old = self.backup_dir + ".tmp", self.backup_dir + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        self.model.save_weights(os.path.join(tmp, os.path.basename(self._weights_path)))
-        metadata = os.path.join(tmp, os.path.basename(self._training_metadata_path))
-        with open(metadata, "w") as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            weights = os.path.join(tmp, os.path.basename(self._weights_path))
+            self.model.save_weights(weights)
+            fsync_file(weights)
+            metadata = os.path.join(tmp, os.path.basename(self._training_metadata_path))
+            with open(metadata, "w") as f:
+                json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_directory(tmp)
+        except BaseException:  # a full disk or a kill: the backup in place stays as it was
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if os.path.exists(self.backup_dir):
-            os.replace(self.backup_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.backup_dir, old)  # kept: the epoch before, should this one be lost
         os.replace(tmp, self.backup_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_directory(os.path.dirname(os.path.abspath(self.backup_dir)))

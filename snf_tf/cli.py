@@ -23,10 +23,11 @@ Bad input (missing file, unwritable output, n ≤ 0, unknown option) prints one 
 import argparse
 import json
 import os
+import re
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# oneDNN: set by snf_tf/__init__ (snf_tf._environment), which runs before this module
+# TensorFlow's log level and oneDNN: set by snf_tf/__init__ (snf_tf._environment), which runs
+# before this module and, in the snf-tf command, loads TensorFlow only when a command needs it
 
 __all__ = ["COMMANDS", "Command", "CliError", "build_parser", "main", "register"]
 
@@ -35,6 +36,31 @@ PROG = "snf-tf"
 
 class CliError(Exception):
     """A user error: reported as one line on stderr, exit status 2."""
+
+
+#: exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)
+INTERRUPTED = 130
+
+
+def describe_fault(error):
+    """One line for a fault of the machine (a full disk, a read-only path, TensorFlow's file
+    writers), naming the file where the error does: never a traceback, never a whole array."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    message = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]", "", message)  # TF's op and node names
+    line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _is_fault(error):
+    """OSError, or a TensorFlow error raised by a file writer or reader (``tf.errors.OpError``:
+    TensorFlow reports a full disk as ``ResourceExhaustedError``, not ``OSError``)."""
+    if isinstance(error, OSError):
+        return True
+    errors = sys.modules.get("tensorflow.python.framework.errors_impl")
+    return errors is not None and isinstance(error, errors.OpError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -144,8 +170,12 @@ class ExportCommand(Command):
         model = _load_checkpoint(args.checkpoint)
         try:
             export.export_saved_model(model, args.out_dir)
-        except OSError as error:
-            raise CliError(f"cannot write {args.out_dir}: {error.strerror or error}") from None
+        except Exception as error:  # OSError, or TensorFlow's writer errors (a full disk)
+            if not _is_fault(error):
+                raise
+            print(f"{PROG}: error: cannot write {args.out_dir}: {describe_fault(error)}",
+                  file=sys.stderr)
+            return 1
         print(f"exported {args.checkpoint} to {args.out_dir} "
               f"(endpoints: {', '.join(export.ENDPOINTS)})")
         return 0
@@ -370,13 +400,40 @@ class TrainCommand(Command):
                                         data_dir=args.data_dir, **overrides)
         except (ValueError, FileNotFoundError) as error:
             raise CliError(str(error)) from None
+        resume = f"{PROG} train {args.experiment} --out {out} --resume" + (
+            f" --data-dir {args.data_dir}" if args.data_dir else "")
+        if prepared.completes:
+            print(f"{out}: all {prepared.cfg['epochs']} epochs are trained; writing the final "
+                  "outputs", flush=True)
         try:
             metrics = prepared.train(verbose=2 if args.quiet else "auto")
         except training.TrainingDiverged as error:
             print(f"{PROG}: {error}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print(f"\n{PROG}: interrupted; {self._kept(out)}. Continue with: {resume}",
+                  file=sys.stderr)
+            return INTERRUPTED
+        except Exception as error:
+            if not _is_fault(error):
+                raise
+            print(f"{PROG}: error: {describe_fault(error)}; {self._kept(out)}. Once that is "
+                  f"fixed, continue with: {resume}", file=sys.stderr)
+            return 1
         print(prepared.summary(metrics, command=PROG, data_dir=args.data_dir))
         return 0
+
+    @staticmethod
+    def _kept(out):
+        """What a stopped run kept: its last backed-up epoch."""
+        from snf_tf.callbacks import AtomicBackupAndRestore
+
+        try:
+            epoch = AtomicBackupAndRestore.saved_epoch(os.path.join(out, "backup"))
+        except ValueError:
+            epoch = None
+        return (f"the run in {out} keeps its last finished epoch ({epoch})" if epoch else
+                f"no epoch of the run in {out} had finished")
 
 
 @register
@@ -497,10 +554,21 @@ def main(argv=None):
             from snf_tf import _environment
 
             _environment.import_tensorflow_quietly()
+            import snf_tf
+
+            snf_tf.register_serializables()  # any checkpoint the package writes loads
         return int(args._command.run(args) or 0)
     except CliError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as error:  # a fault of the machine: one line, not a traceback
+        if not _is_fault(error):
+            raise
+        print(f"{PROG}: error: {describe_fault(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ likelihood.
 """
 
 from snf_tf import layers as L
+from snf_tf.layers.base import check_positive_int
 from snf_tf.model import FlowModel
 
 __all__ = ["preprocessing", "fc_flow", "conv_flow", "glow", "CONV_LAYERS"]
@@ -25,8 +26,8 @@ def _per_block(value, num_blocks, what):
         if len(value) != num_blocks:
             raise ValueError(f"{what} has {len(value)} entries for {num_blocks} blocks; give one "
                              f"number per block or a single number, got {list(value)!r}.")
-        return list(value)
-    return [value] * num_blocks
+        return [check_positive_int(v, what, "glow") for v in value]
+    return [check_positive_int(value, what, "glow")] * num_blocks
 
 
 def _check_choice(value, choices, what):
@@ -42,6 +43,7 @@ def fc_flow(gradient="self_normalized", num_layers=2, alpha=0.3, reconstruction_
     class-conditional variant whose base is the learned N(μ(y), σ(y)²) (the layers have no
     networks to condition: x → z is the same map for every class)."""
     _check_choice(gradient, ("self_normalized", "exact", "relative"), "gradient")
+    num_layers = check_positive_int(num_layers, "num_layers", "fc_flow")
     if reconstruction_weight is None:
         reconstruction_weight = 1.0 if gradient == "self_normalized" else 0.0
     flow = preprocessing(seed=seed) + [L.Flatten()]
@@ -74,6 +76,8 @@ def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_
     Hoogeboom et al. 2020). ``num_classes``: class-conditional through the learned base only, as
     :func:`fc_flow`."""
     _check_choice(layer, CONV_LAYERS, "layer")
+    num_blocks = check_positive_int(num_blocks, "num_blocks", "conv_flow")
+    convs_per_block = check_positive_int(convs_per_block, "convs_per_block", "conv_flow")
     flow = preprocessing(seed=seed)
     total = num_blocks * convs_per_block
     for i in range(total):
@@ -107,9 +111,11 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     _check_choice(conv, ("selfnorm", "exact"), "conv")
     if conv == "exact" and kernel_size != 1:
         raise ValueError("the exact Glow baseline has 1×1 convs only; use conv='selfnorm'.")
+    num_blocks = check_positive_int(num_blocks, "num_blocks", "glow")
     steps = _per_block(steps_per_block, num_blocks, "steps_per_block")
     widths = _per_block(hidden_channels, num_blocks, "hidden_channels")
-    split_hidden_channels = split_hidden_channels or widths[0]
+    split_hidden_channels = check_positive_int(split_hidden_channels or widths[0],
+                                               "split_hidden_channels", "glow")
     if num_classes is not None and context_dim is not None:
         raise ValueError("glow: give num_classes (integer labels) or context_dim (real vectors), "
                          "not both.")

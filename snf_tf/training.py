@@ -44,11 +44,18 @@ import tensorflow as tf
 
 from snf_tf import callbacks as snf_callbacks
 from snf_tf import experiments
-from snf_tf._files import check_writable
+from snf_tf._files import (
+    RunLock,
+    atomic_path,
+    check_writable,
+    is_partial_file,
+    read_json,
+    write_json,
+)
 from snf_tf.layers.base import NonFiniteError
 
 __all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "epoch_line", "plot_curves",
-           "prepare", "prepare_run_dir", "run"]
+           "prepare", "prepare_run_dir", "run", "run_status"]
 
 #: keys of every ``metrics.json`` epoch entry; models with learned inverses also log
 #: ``inverse_error_max``, the largest ‖RW − I‖_F over their layers after the epoch; GECO runs
@@ -64,22 +71,50 @@ class TrainingDiverged(RuntimeError):
     """The loss became non-finite; training stopped and the last good checkpoint was kept."""
 
 
+def _metrics_advice(out):
+    return (f"restore it, or delete it to resume {out} from its backup with the numbers of the "
+            "earlier epochs lost, or train into another --out")
+
+
+def _read_metrics(out):
+    path = os.path.join(out, "metrics.json")
+    return read_json(path, "the run's metrics file", _metrics_advice(out))
+
+
+def run_status(out):
+    """The status of the run in folder ``out``: ``metrics.json``'s ``"status"`` (``running``,
+    ``finished``, ``diverged``, ``collapsed``, ``interrupted``), except that a run recorded as
+    running whose process is gone (killed: its folder lock is free) is ``"interrupted"``; None
+    for a folder without a run."""
+    if not os.path.isfile(os.path.join(out, "metrics.json")):
+        return None
+    status = _read_metrics(out).get("status")
+    if status == "running" and not RunLock.held(out):
+        return "interrupted"
+    return status
+
+
 def prepare_run_dir(out, resume):
     """Check that ``out`` can hold a run before any work starts; returns the backup epoch to
     resume from (0 for a fresh run). Never overwrites a run: a folder with ``metrics.json`` needs
-    ``resume`` (and a backup to resume from)."""
+    ``resume`` (and a backup to resume from). A folder another process trains into, a damaged
+    backup or metadata file are a ``ValueError`` in one line that names the file."""
     out = os.path.abspath(out)
     check_writable(out, "the output folder", directory=True)
+    if RunLock.held(out):
+        with open(os.path.join(out, RunLock.NAME)) as f:
+            owner = f.read().strip() or "another process"
+        raise ValueError(f"{out} is in use: {owner} is training into it; wait for it to end or "
+                         "choose another --out")
     has_run = os.path.exists(os.path.join(out, "metrics.json"))
     epoch = snf_callbacks.AtomicBackupAndRestore.saved_epoch(os.path.join(out, "backup"))
     if resume:
-        if has_run and epoch is None:
-            with open(os.path.join(out, "metrics.json")) as f:
-                status = json.load(f).get("status")
-            if status != "running":  # killed before its first backup: start again
+        if has_run:
+            status = run_status(out)  # also checks that metrics.json can be read
+            if epoch is None and status not in ("running", "interrupted"):
                 raise ValueError(f"{out} holds a {status} run with no backup to resume from; "
-                                 "choose another --out")
-        return epoch or 0
+                                 "choose another --out")  # (killed before its first backup:
+        return epoch or 0                                  # it starts again)
     if has_run or epoch is not None:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
                          "another --out")
@@ -100,11 +135,7 @@ def _versions():
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
 
 
-def _write_json(path, payload):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+_write_json = write_json  # atomic and fsynced (snf_tf._files)
 
 
 _STRUCTURE = ("experiment", "dataset", "model", "model_kwargs")
@@ -300,8 +331,11 @@ def plot_curves(history, path, title, steps_per_epoch=None):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # a failed write leaves the earlier figure
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 #: the lower sampling temperature of ``samples_t0.7.png`` (Kingma & Dhariwal 2018, Fig. 8: a
@@ -385,48 +419,123 @@ def run(name, out, *, resume=False, data_dir=None, verbose="auto", extra_callbac
         verbose=verbose, extra_callbacks=extra_callbacks)
 
 
+def _build_checked(cfg, splits):
+    """The config's model, built on the data's shape, seeded as training will use it: values
+    only the builder can judge (``num_blocks=0``, an unknown ``gradient``) fail here, in one
+    ``ValueError``, before anything is written."""
+    spec = splits["train"].element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    keras.utils.set_random_seed(cfg["seed"])
+    try:
+        model = experiments.build_model(cfg)
+        model.build((None,) + tuple(spec.shape[1:]))
+    except (ValueError, TypeError, IndexError, KeyError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else \
+            type(error).__name__
+        name = cfg["experiment"]
+        raise ValueError(message if message.startswith(name) else
+                         f"{name}: bad model argument: {message}") from None
+    return model
+
+
 def prepare(name, out, *, resume=False, data_dir=None, **overrides):
-    """Check and set up a run without training: returns a :class:`Run`. Raises ``ValueError``
-    (bad name, setting or folder) or ``FileNotFoundError`` (data missing) — nothing is written."""
+    """Check and set up a run without training: returns a :class:`Run` that holds the run
+    folder's lock (one writer per folder) until :meth:`Run.train` ends. Raises ``ValueError``
+    (bad name, setting, model argument, folder, damaged run files) or ``FileNotFoundError`` (data
+    missing) — and then nothing is written.
+
+    A run killed after its last epoch (before its final plots and grids) is completed by
+    ``resume=True`` with the same settings; a finished run continues with a larger ``epochs``.
+    """
     cfg = experiments.config(name, **overrides)
     out = os.path.abspath(out)
     start_epoch = prepare_run_dir(out, resume)
     config_path, metrics_path = os.path.join(out, "config.json"), os.path.join(out, "metrics.json")
-    history = []
+    history, status = [], None
     if resume and os.path.exists(config_path):
-        with open(config_path) as f:
-            saved = json.load(f)["config"]
-        cfg = _resumed_config(name, saved, overrides, out)
+        saved = read_json(config_path, "the run's config file",
+                          "restore it, or train into another --out")
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ValueError(f"the run's config file {config_path} is damaged (no 'config'); "
+                             "restore it, or train into another --out")
+        cfg = _resumed_config(name, saved["config"], overrides, out)
         if os.path.exists(metrics_path):
-            with open(metrics_path) as f:
-                history = [e for e in json.load(f)["epochs"] if e["epoch"] <= start_epoch]
-    if start_epoch >= cfg["epochs"]:
+            metrics = _read_metrics(out)
+            history = [e for e in metrics.get("epochs", []) if e["epoch"] <= start_epoch]
+            status = run_status(out)
+    if start_epoch >= cfg["epochs"] and status == "finished":
         raise ValueError(f"the run in {out} already finished {start_epoch} epochs; pass a larger "
                          "--epochs to continue it")
     splits = experiments.datasets(cfg, data_dir=data_dir)  # FileNotFoundError if missing
     steps = int(splits["train"].cardinality())
     if steps < 1:
         raise ValueError(f"{name}: the training split has no batch (steps per epoch: {steps})")
-    return Run(cfg, out, splits, history, steps)
+    model = _build_checked(cfg, splits)
+    lock = RunLock(out).acquire("a run")
+    try:  # under the lock: the folder may have changed since the checks above
+        if prepare_run_dir_locked(out, resume) != start_epoch:
+            raise ValueError(f"{out} changed while the run was being prepared; try again")
+        for entry in os.listdir(out):  # what killed writes left behind
+            if is_partial_file(entry):
+                os.remove(os.path.join(out, entry))
+    except BaseException:
+        lock.release()
+        raise
+    return Run(cfg, out, splits, history, steps, model=model, lock=lock)
+
+
+def prepare_run_dir_locked(out, resume):
+    """:func:`prepare_run_dir` for the process that holds the folder's lock."""
+    epoch = snf_callbacks.AtomicBackupAndRestore.saved_epoch(os.path.join(out, "backup"))
+    if not resume and (epoch is not None or os.path.exists(os.path.join(out, "metrics.json"))):
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
+                         "another --out")
+    return epoch or 0
 
 
 class Run:
     """A checked run: config, data pipelines, run folder, and the history to resume from."""
 
-    def __init__(self, cfg, out, splits, history, steps_per_epoch):
+    def __init__(self, cfg, out, splits, history, steps_per_epoch, model=None, lock=None):
         self.cfg, self.out, self.splits = cfg, out, splits
         self.history, self.steps = history, steps_per_epoch
-        self.model, self.images = None, []  # images: the grids written after training
+        self.model, self.images = model, []  # images: the grids written after training
+        self.lock = lock
+        #: the run had trained all its epochs when it was killed: train() only finishes it
+        self.completes = bool(history) and history[-1]["epoch"] >= cfg["epochs"]
 
     def _path(self, name):
         return os.path.join(self.out, name)
 
     def train(self, verbose="auto", extra_callbacks=()):
-        """Build, compile and ``fit``; writes the run folder; returns the metrics payload."""
+        """Compile and ``fit``; writes the run folder; returns the metrics payload. The folder's
+        lock is released at the end, however training ends; a run stopped by an exception
+        (Ctrl-C, a full disk) is recorded as ``"interrupted"``."""
+        if self.lock is not None and not self.lock.held_here:
+            raise RuntimeError("Run.train: this run has already been trained; prepare() it again")
+        self._log = None
+        try:
+            return self._train(verbose, extra_callbacks)
+        except BaseException:
+            log = self._log
+            if log is not None and log.status == "running":
+                log.status = "interrupted"
+                try:
+                    log.write()
+                except OSError:  # e.g. the full disk that stopped the run: run_status() tells
+                    pass
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _train(self, verbose, extra_callbacks):
         cfg, name = self.cfg, self.cfg["experiment"]
         experiment = experiments.get(name)
-        keras.utils.set_random_seed(cfg["seed"])
-        self.model = model = experiments.build_model(cfg)
+        if self.model is None:
+            keras.utils.set_random_seed(cfg["seed"])
+            self.model = experiments.build_model(cfg)
+        model = self.model
         rollbacks = _rollbacks(self.history)
         # a resumed run keeps the learning rate its guard lowered
         schedule = snf_callbacks.LinearWarmup(
@@ -455,7 +564,8 @@ class Run:
                 lr_factor=cfg["guard_lr_factor"], max_rollbacks=cfg["guard_max_rollbacks"],
                 lambda_factor=cfg["guard_lambda_factor"],
                 rollbacks=rollbacks, reference=last)
-        log = _RunLog(self._path("metrics.json"), cfg, paper, self.history, self.steps, guard)
+        log = self._log = _RunLog(self._path("metrics.json"), cfg, paper, self.history,
+                                  self.steps, guard)
         tensorboard = self._path("tensorboard")
         # the guard first: it may restore the state and rewrite the epoch's validation logs
         # before the checkpoint, metrics.json and the backup see them
@@ -480,8 +590,9 @@ class Run:
         # only TerminateOnNaN (no guard) or the guard giving up stop a run early
         collapsed = guard is not None and guard.gave_up
         diverged = collapsed or (guard is None and bool(model.stop_training))
-        log.status = "collapsed" if collapsed else "diverged" if diverged else "finished"
-        log.write()
+        if collapsed or diverged:
+            log.status = "collapsed" if collapsed else "diverged"
+            log.write()
         if collapsed:
             raise TrainingDiverged(
                 f"{name}: training collapsed again after {guard.rollbacks} rollback(s) "
@@ -493,8 +604,12 @@ class Run:
                 f"{name}: the loss became non-finite in epoch {len(log.history)}; training "
                 f"stopped. The last good state is {self._path('best.keras')} (best validation "
                 "epoch) and metrics.json keeps the curve.")
+        # the final outputs, then "finished": a run killed before this point is completed by
+        # --resume (which trains no further epoch and comes back here)
         plot_curves(log.history, self._path("curves.png"), name, self.steps)
         self.images = _write_samples(model, self.out, cfg["seed"], self.splits["test"])
+        log.status = "finished"
+        log.write()
         with open(self._path("metrics.json")) as f:
             return json.load(f)
 
