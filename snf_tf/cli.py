@@ -525,11 +525,10 @@ def write_grid(samples, path, columns=None):
     """Write ``[n, H, W, C]`` samples on the 0..256 scale as a PNG grid (non-finite values → 0)."""
     from snf_tf.callbacks import image_grid, save_png
 
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_png(path, image_grid(samples, columns=columns))
-    except OSError as error:
-        raise CliError(f"cannot write {path}: {error.strerror or error}") from None
+    # a fault while writing (a full disk) is one line from main(), exit status 1; the file
+    # that was at ``path`` stays as it was
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_png(path, image_grid(samples, columns=columns))
 
 
 # -- entry point -----------------------------------------------------------------------------------

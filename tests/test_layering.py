@@ -64,17 +64,6 @@ def test_no_module_imports_a_higher_floor(path):
 
 
 @pytest.mark.slow
-def test_import_snf_tf_does_not_load_tensorflow():
-    import subprocess
-    import sys
-
-    code = "import sys, snf_tf; print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=PACKAGE.parent, check=True)
-    assert out.stdout.strip() == "False"
-
-
-@pytest.mark.slow
 def test_keras_knows_the_flow_classes_as_soon_as_it_is_loaded():
     """``import snf_tf`` then ``import keras``: the classes are registered for load_model."""
     import subprocess

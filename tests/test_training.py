@@ -111,17 +111,6 @@ def test_best_checkpoint_gives_the_reported_test_nll(finished_run):
 
 
 @needs_mnist
-def test_a_run_checkpoint_loads_with_import_snf_tf_alone(finished_run):
-    """best.keras holds the optimizer and its LinearWarmup schedule: ``import snf_tf`` and
-    ``keras.models.load_model`` are enough to load it, optimizer state included."""
-    code = ("import sys, snf_tf, keras; m = keras.models.load_model(sys.argv[1]); "
-            "print(type(m.optimizer._learning_rate).__name__, int(m.optimizer.iterations))")
-    out = subprocess.run([sys.executable, "-c", code, os.path.join(finished_run, "best.keras")],
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-2:] == ["LinearWarmup", "6"]
-
-
-@needs_mnist
 def test_an_existing_run_is_never_overwritten(finished_run):
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
         training.prepare("selfnorm_fc_mnist", finished_run, epochs=2, **TINY)
@@ -162,7 +151,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, fini
     with pytest.raises(KeyboardInterrupt):
         training.run("selfnorm_fc_mnist", out, epochs=2, verbose=0,
                      extra_callbacks=[_AtBatch(1, _interrupt)], **TINY)
-    assert _metrics(out)["status"] == "running" and len(_metrics(out)["epochs"]) == 1
+    assert _metrics(out)["status"] == "interrupted" and len(_metrics(out)["epochs"]) == 1
     training.run("selfnorm_fc_mnist", out, resume=True, epochs=2, verbose=0, **TINY)
     assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
     _assert_same_weights(os.path.join(out, "backup", "latest.weights.h5"),
@@ -346,7 +335,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     time.sleep(0.5)  # into epoch 2
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert _metrics(killed_dir)["status"] == "running"
+    assert _metrics(killed_dir)["status"] == "running"  # as the killed process left it
+    assert training.run_status(str(killed_dir)) == "interrupted"  # its lock went with it
     resumed = _cli(args + ["--out", str(killed_dir), "--resume"])
     for process in (resumed, reference):
         _, err = process.communicate(timeout=600)
@@ -355,3 +345,148 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         _metrics(tmp_path / "reference"))
     _assert_same_weights(killed_dir / "backup" / "latest.weights.h5",
                          tmp_path / "reference" / "backup" / "latest.weights.h5")
+
+
+def _copy_run(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return str(target)
+
+
+@needs_mnist
+def test_a_run_killed_after_its_last_epoch_is_completed_by_resume(tmp_path, finished_run):
+    """SIGKILL after the last epoch's backup, while the final plots and grids are drawn: the
+    folder says "running" (read as "interrupted": no process holds its lock) and has no final
+    images; the same command with --resume writes them and trains nothing more."""
+    out = _copy_run(finished_run, tmp_path / "killed")
+    metrics = _metrics(out)
+    metrics["status"] = "running"
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+    for name in ("curves.png", "samples.png", "samples_exact.png", "samples_t0.7.png",
+                 "test_digits.png"):
+        os.remove(os.path.join(out, name))
+    assert training.run_status(out) == "interrupted"
+    weights = _weights(os.path.join(out, "backup", "latest.weights.h5"))
+    prepared = training.prepare("selfnorm_fc_mnist", out, resume=True, **TINY)
+    assert prepared.completes
+    prepared.train(verbose=0)
+    assert training.run_status(out) == "finished"
+    assert _without_timing(_metrics(out)) == _without_timing(_metrics(finished_run))
+    assert {"curves.png", "samples.png", "samples_exact.png", "samples_t0.7.png",
+            "test_digits.png"} <= set(os.listdir(out))
+    after = _weights(os.path.join(out, "backup", "latest.weights.h5"))
+    for key in weights:  # nothing was trained
+        np.testing.assert_array_equal(weights[key], after[key], err_msg=key)
+    with pytest.raises(ValueError, match="already finished 2 epochs"):
+        training.prepare("selfnorm_fc_mnist", out, resume=True, **TINY)
+
+
+@needs_mnist
+def test_damaged_run_files_are_one_line_naming_the_file_and_what_to_do(tmp_path, finished_run):
+    out = _copy_run(finished_run, tmp_path / "damaged")
+    weights = os.path.join(out, "backup", "latest.weights.h5")
+    with open(weights, "r+b") as f:  # what a power loss before the data reached the disk leaves
+        f.truncate(os.path.getsize(weights) // 3)
+    with pytest.raises(ValueError) as caught:
+        training.prepare("selfnorm_fc_mnist", out, resume=True, epochs=3, **TINY)
+    message = str(caught.value)
+    assert "\n" not in message and weights in message and "is damaged" in message
+    assert "the backup of epoch 1 in" in message and "backup.old is intact" in message
+    import shutil
+
+    shutil.rmtree(os.path.join(out, "backup.old"))
+    with pytest.raises(ValueError, match="no intact backup is left"):
+        training.prepare("selfnorm_fc_mnist", out, resume=True, epochs=3, **TINY)
+
+    out = _copy_run(finished_run, tmp_path / "metadata")
+    open(os.path.join(out, "backup", "training_metadata.json"), "w").close()
+    with pytest.raises(ValueError, match=r"training_metadata.json is damaged \(it is empty\)"):
+        training.prepare("selfnorm_fc_mnist", out, resume=True, epochs=3, **TINY)
+    # offered backup: moving it into place resumes
+    shutil.rmtree(os.path.join(out, "backup"))
+    os.rename(os.path.join(out, "backup.old"), os.path.join(out, "backup"))
+    assert training.prepare("selfnorm_fc_mnist", out, resume=True, epochs=3,
+                            **TINY).history[-1]["epoch"] == 1
+
+    out = _copy_run(finished_run, tmp_path / "metrics")
+    open(os.path.join(out, "metrics.json"), "w").close()
+    with pytest.raises(ValueError, match=r"metrics.json is damaged: it is empty; restore it, or "
+                       "delete it"):
+        training.prepare("selfnorm_fc_mnist", out, resume=True, epochs=3, **TINY)
+    os.remove(os.path.join(out, "metrics.json"))  # as the message offers
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write('{"config": ')
+    with pytest.raises(ValueError, match="config.json is damaged: it is not valid JSON"):
+        training.prepare("selfnorm_fc_mnist", out, resume=True, epochs=3, **TINY)
+
+
+@needs_mnist
+def test_killed_writes_are_cleaned_and_every_file_has_one_mode(tmp_path, finished_run):
+    out = _copy_run(finished_run, tmp_path / "leftovers")
+    leftovers = ["tmpab12cd.keras", ".best.keras.x1y2.partial.keras", ".samples.png.q.partial",
+                 "metrics.json.tmp"]
+    for name in leftovers:
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b"half")
+    training.run("selfnorm_fc_mnist", out, resume=True, epochs=3, verbose=0, **TINY)
+    assert not set(leftovers) & set(os.listdir(out))
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {name: os.stat(os.path.join(out, name)).st_mode & 0o777
+             for name in os.listdir(out) if os.path.isfile(os.path.join(out, name))}
+    assert set(modes.values()) == {0o666 & ~mask}, modes  # best.keras was 0600 (mkstemp)
+
+
+def test_png_and_json_writes_are_atomic(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) leaves the earlier file, not a 0-byte one."""
+    import matplotlib.pyplot as plt
+
+    from snf_tf import _files, callbacks
+
+    path = tmp_path / "samples.png"
+    callbacks.save_png(str(path), np.zeros((8, 8, 1), np.uint8))
+    before = path.read_bytes()
+
+    def full_disk(target, *args, **kwargs):
+        with open(target, "wb") as f:
+            f.write(b"")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plt, "imsave", full_disk)
+    with pytest.raises(OSError, match="No space left") as caught:
+        callbacks.save_png(str(path), np.full((8, 8, 1), 255, np.uint8))
+    assert caught.value.filename == str(path)  # named, for the one-line report
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["samples.png"]
+
+    _files.write_json(str(tmp_path / "m.json"), {"a": 1})
+    monkeypatch.setattr(json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        _files.write_json(str(tmp_path / "m.json"), {"a": 2})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "samples.png"]
+
+
+def test_backups_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
+    from snf_tf import _files, callbacks
+    from snf_tf.layers import SelfNormDense
+    from snf_tf.model import FlowModel
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(a))),
+                                                     real_replace(a, b))[1])
+    model = FlowModel([SelfNormDense()])
+    model.build((None, 4))
+    backup = callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup.set_model(model)
+    backup._current_epoch = 1
+    backup._save_model()
+    tmp = str(tmp_path / "backup.tmp")
+    synced = [path for kind, path in events if kind == "fsync"]
+    moved = events.index(("replace", tmp))
+    assert {os.path.join(tmp, "latest.weights.h5"), os.path.join(tmp, "training_metadata.json"),
+            tmp} <= {path for kind, path in events[:moved] if kind == "fsync"}, synced
