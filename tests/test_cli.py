@@ -334,8 +334,9 @@ def test_the_cli_leaves_out_tensorflows_import_noise_and_nothing_else(tmp_path):
         "os.write(2, b'E0000 something that matters\\n')\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from snf_tf import _environment; "
-         "_environment.import_tensorflow_quietly(); print('tensorflow' in sys.modules)"],
+        [sys.executable, "-c", "import sys; sys.argv = ['snf-tf']  # as the command\n"
+         "from snf_tf import _environment; _environment.import_tensorflow_quietly(); "
+         "print('tensorflow' in sys.modules)"],
         capture_output=True, text=True, timeout=60,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root])))
     assert result.returncode == 0, result.stderr

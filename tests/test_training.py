@@ -469,7 +469,7 @@ def test_png_and_json_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_backups_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
-    from snf_tf import _files, callbacks
+    from snf_tf import callbacks
     from snf_tf.layers import SelfNormDense
     from snf_tf.model import FlowModel
 
