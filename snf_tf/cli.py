@@ -108,16 +108,31 @@ def positive_int(text):
     return value
 
 
-def non_negative_float(text):
+def positive_temperature(text):
+    """A sampling temperature: a finite number > 0, in the words of
+    ``snf_tf.model.check_temperature`` (checked here without loading TensorFlow)."""
     import math
 
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number ≥ 0, got {text}")
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"temperature must be a finite number > 0, got {text}")
     return value
+
+
+def served_error_words(error):
+    """The words of a served graph's ``InvalidArgumentError`` (its assertion's message), not
+    TensorFlow's "Graph execution error" around them."""
+    message = getattr(error, "message", None) or str(error)
+    found = re.search(r"assertion failed: \[(.*?)\]\s*$", message, flags=re.MULTILINE)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at",
+                                                             "File ", "[[", "{{"))]
+    return (useful or lines or [type(error).__name__])[0]
 
 
 def _require_file(path, what):
@@ -194,7 +209,7 @@ class SampleCommand(Command):
         parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
         parser.add_argument("--columns", type=positive_int, default=None,
                             help="grid columns (default: about √n)")
-        parser.add_argument("--temperature", type=non_negative_float, default=1.0,
+        parser.add_argument("--temperature", type=positive_temperature, default=1.0,
                             help="scale of the latent draws (default 1; 0.7 gives cleaner, less "
                             "varied images; .keras checkpoints only)")
         parser.add_argument("--label", default=None, metavar="K|all",
@@ -257,7 +272,7 @@ class SampleCommand(Command):
                 return loaded.sample(n=n, y=tf.constant([label], tf.int32),
                                      seed=seed).numpy(), None
             except tf.errors.InvalidArgumentError as error:
-                raise CliError(f"--label {label}: {error.message.splitlines()[0]}") from None
+                raise CliError(f"--label {label}: {served_error_words(error)}") from None
         model = _load_checkpoint(path)
         if (model.num_classes is not None) != (label is not None):
             raise CliError(f"this model is class-conditional ({model.num_classes} classes): pass "

@@ -21,9 +21,12 @@ Two ways to keep a trained ``FlowModel``:
 
 Design decisions (documented contract of the exported endpoints):
 
-- **Input dtype**: ``x`` is ``float32`` with shape ``[None] + model.data_shape`` (free batch
+- **Inputs**: ``x`` is ``float32`` with shape ``[None] + model.data_shape`` (free batch
   dimension); ``z`` is ``float32`` with shape ``[None] + model.latent_shape``. Cast uint8 images to
-  float32 before calling. ``n`` and ``seed`` are int32 scalars.
+  float32 before calling. ``n`` and ``seed`` are int32 scalars. The signatures of ``x``, ``z``
+  and ``y`` are shape-free float32/int32 specs: the served graph checks the shapes itself (TF's
+  own signature check prints the whole input array in its error, and the ``signatures`` path
+  does not check at all).
 - **Dequantization**: the exported ``log_prob`` and ``forward`` never add noise
   (``model.forward(x, noise=False)``): ``x`` is taken as the already continuous
   value on the data scale ``[0, 256)^D``, and ``log_prob`` is the deterministic density of the flow
@@ -41,8 +44,15 @@ Design decisions (documented contract of the exported endpoints):
   ``stateless_normal(seed=[seed, 0])``, the dropped half of the k-th ``SplitPrior`` met on the
   way back from ``[seed + 1, k]``), with any number of ``SplitPrior`` layers.
 - **Bad input** fails inside the served graph with an ``InvalidArgumentError`` naming the
-  endpoint: NaN or inf in ``x`` / ``z`` (``tf.debugging.check_numerics``), ``n < 1``. A wrong shape
-  or dtype is refused by the signature itself.
+  endpoint, in the words ``FlowModel`` uses in Python, and never printing the input's values:
+  a wrong shape ("log_prob: x must have shape [batch, 28, 28, 1], got [2, 28, 28, 3]"; a
+  missing batch axis says so), an empty batch, NaN or inf in ``x`` / ``z``
+  (``tf.debugging.check_numerics``), ``n < 1``; and for models that start with the image
+  preprocessing (``model.data_range``, ``[0, 256)`` for every ``snf_tf.models`` builder) values
+  outside the pixel range (with the batch's min and max) and batches of images scaled to
+  [0, 1] (the unit-scale rule of ``FlowModel``; left out of the graph when the model is
+  exported with ``model.check_unit_scaled = False``). Flows on other data take any finite
+  values.
 - **inverse(z)** has no randomness: the halves that ``SplitPrior`` layers factored out are set to
   their mode, 0 (temperature 0). It equals ``model.inverse(z, temperature=0.0, seed=0)``.
 - **Conditional models** (``num_classes`` / ``context_dim``): every endpoint takes the context
@@ -61,7 +71,16 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from snf_tf.model import FlowModel
+from snf_tf._files import umask_mode
+from snf_tf.layers.preprocess import pixel_domain
+from snf_tf.model import (
+    UNIT_SCALED_MIN_VALUES,
+    FlowModel,
+    outside_data_range,
+    range_words,
+    unit_scaled_message,
+    unit_scaled_rule_applies,
+)
 
 __all__ = ["ENDPOINTS", "export_saved_model", "load_checkpoint", "load_saved_model", "forward",
            "log_prob", "dequantized_log_prob", "inverse", "sample", "frozen_log_dets"]
@@ -141,49 +160,66 @@ def export_saved_model(model, path, overwrite=True):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
 
-    x_spec = tf.TensorSpec((None,) + tuple(model.data_shape), tf.float32, name="x")
-    z_spec = tf.TensorSpec((None,) + tuple(model.latent_shape), tf.float32, name="z")
+    # The signatures take float32 tensors of any shape, and the served graphs check the rest
+    # themselves (no snf_tf on the serving side), with the words FlowModel uses: a TensorSpec with
+    # the shape would make TF's own binding error print the whole input array, and the
+    # ``signatures`` path would not check shapes at all (a reshape error deep in the graph).
+    x_spec = tf.TensorSpec(None, tf.float32, name="x")
+    z_spec = tf.TensorSpec(None, tf.float32, name="z")
     n_spec = tf.TensorSpec((), tf.int32, name="n")
     seed_spec = tf.TensorSpec((), tf.int32, name="seed")
+    data_shape, latent_shape = tuple(model.data_shape), tuple(model.latent_shape)
+    data_range, domain = model.data_range, pixel_domain(model.flow_layers)
+    unit_rule = model.check_unit_scaled and unit_scaled_rule_applies(data_range)
 
-    # The served graphs check their inputs themselves (no snf_tf on the serving side): NaN or inf
-    # inputs and n < 1 fail with an InvalidArgumentError naming the endpoint.
-    def finite(t, endpoint):
-        return tf.debugging.check_numerics(t, f"{endpoint}: the input holds NaN or inf")
+    def x_checked(x, endpoint):
+        return _checked_input(x, endpoint, "x", data_shape, data_range, domain, unit_rule)
+
+    def z_checked(z, endpoint):
+        return _checked_input(z, endpoint, "z", latent_shape)
 
     def n_checked(n):
-        with tf.control_dependencies([tf.debugging.assert_positive(n, "sample: n must be >= 1")]):
+        with tf.control_dependencies([tf.debugging.Assert(n >= 1, [tf.strings.format(
+                "sample: n must be a positive int, got {}.", n)])]):
             return tf.identity(n)
 
     archive = keras.export.ExportArchive()
     if model.conditional:
         # y: int32 labels [None] or float32 vectors [None, context_dim], after the data argument
-        y_spec = (tf.TensorSpec((None,), tf.int32, name="y") if model.num_classes else
-                  tf.TensorSpec((None, model.context_dim), tf.float32, name="y"))
+        # (shape-free specs, checked in the graph as x is)
+        y_spec = tf.TensorSpec(None, tf.int32 if model.num_classes else tf.float32, name="y")
+        y_shape = () if model.num_classes else (model.context_dim,)
+
+        def y_checked(y, endpoint):
+            return _shape_checked(y, endpoint, "y", y_shape)
 
         def sample_rows(n, y):  # one row for every sample, or n rows
             shape = tf.concat([tf.reshape(n, [1]), tf.shape(y)[1:]], axis=0)
             return tf.broadcast_to(y, shape)
 
         endpoints = [
-            ("log_prob", lambda x, y: log_prob(model, finite(x, "log_prob"), y), [x_spec, y_spec]),
+            ("log_prob", lambda x, y: log_prob(
+                model, x_checked(x, "log_prob"), y_checked(y, "log_prob")), [x_spec, y_spec]),
             ("dequantized_log_prob", lambda x, y, seed: dequantized_log_prob(
-                model, finite(x, "dequantized_log_prob"), seed, y), [x_spec, y_spec, seed_spec]),
+                model, x_checked(x, "dequantized_log_prob"), seed,
+                y_checked(y, "dequantized_log_prob")), [x_spec, y_spec, seed_spec]),
             ("forward", lambda x, y: dict(zip(("z", "log_det"), forward(
-                model, finite(x, "forward"), exact=True, context=y))), [x_spec, y_spec]),
-            ("inverse", lambda z, y: inverse(model, finite(z, "inverse"), y), [z_spec, y_spec]),
+                model, x_checked(x, "forward"), exact=True, context=y_checked(y, "forward")))),
+             [x_spec, y_spec]),
+            ("inverse", lambda z, y: inverse(model, z_checked(z, "inverse"),
+                                             y_checked(y, "inverse")), [z_spec, y_spec]),
             ("sample", lambda n, y, seed: sample(
-                model, n_checked(n), seed, context=sample_rows(n, y)),
+                model, n_checked(n), seed, context=sample_rows(n, y_checked(y, "sample"))),
              [n_spec, y_spec, seed_spec]),
         ]
     else:
         endpoints = [
-            ("log_prob", lambda x: log_prob(model, finite(x, "log_prob")), [x_spec]),
+            ("log_prob", lambda x: log_prob(model, x_checked(x, "log_prob")), [x_spec]),
             ("dequantized_log_prob", lambda x, seed: dequantized_log_prob(
-                model, finite(x, "dequantized_log_prob"), seed), [x_spec, seed_spec]),
+                model, x_checked(x, "dequantized_log_prob"), seed), [x_spec, seed_spec]),
             ("forward", lambda x: dict(zip(("z", "log_det"), forward(
-                model, finite(x, "forward"), exact=True))), [x_spec]),
-            ("inverse", lambda z: inverse(model, finite(z, "inverse")), [z_spec]),
+                model, x_checked(x, "forward"), exact=True))), [x_spec]),
+            ("inverse", lambda z: inverse(model, z_checked(z, "inverse")), [z_spec]),
             ("sample", lambda n, seed: sample(model, n_checked(n), seed), [n_spec, seed_spec]),
         ]
     with model.frozen_log_dets():
@@ -193,6 +229,7 @@ def export_saved_model(model, path, overwrite=True):
         tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
         try:
             archive.write_out(tmp, verbose=False)
+            os.chmod(tmp, umask_mode(0o777))  # mkdtemp's 0700: the mode of any other folder
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
@@ -202,6 +239,65 @@ def export_saved_model(model, path, overwrite=True):
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _shape_checked(t, endpoint, name, event_shape):
+    """``t`` with the static shape ``[None] + event_shape`` after a graph assertion that it has
+    it: ``InvalidArgumentError`` "<endpoint>: <name> must have shape [batch, ...], got [...]"
+    (or, with the batch axis missing, "<name> needs a batch axis ..."). Never the values."""
+    event_shape = tuple(int(d) for d in event_shape)
+    rank = len(event_shape) + 1
+    expected = tf.constant(event_shape, tf.int32, shape=[len(event_shape)])
+    wanted = "[" + ", ".join(["batch"] + [str(d) for d in event_shape]) + "]"
+    shape = tf.shape(t, out_type=tf.int32)
+    got = tf.strings.join(["[", tf.strings.reduce_join(tf.strings.as_string(shape),
+                                                       separator=", "), "]"])
+    fits = tf.cond(tf.equal(tf.size(shape), rank),
+                   lambda: tf.reduce_all(tf.equal(shape[1:], expected)),
+                   lambda: tf.constant(False))
+    unbatched = tf.cond(tf.equal(tf.size(shape), rank - 1),
+                        lambda: tf.reduce_all(tf.equal(shape, expected)),
+                        lambda: tf.constant(False))
+    message = tf.where(
+        unbatched,
+        tf.strings.join([f"{endpoint}: {name} needs a batch axis: got shape ", got,
+                         f", the model takes {wanted}; add one with {name}[None]."]),
+        tf.strings.join([f"{endpoint}: {name} must have shape {wanted}, got ", got, "."]))
+    with tf.control_dependencies([tf.debugging.Assert(fits, [message])]):
+        return tf.ensure_shape(tf.identity(t), (None,) + event_shape)
+
+
+def _checked_input(t, endpoint, name, event_shape, data_range=None, domain=None,
+                   unit_rule=False):
+    """``t`` after the served graph's checks, in this order, each an ``InvalidArgumentError``
+    naming the endpoint, in the words of ``FlowModel``: the shape (:func:`_shape_checked`), a
+    non-empty batch, finite values, and — for a model with a data range — the range (with the
+    batch's min and max; the ``domain`` of finite logits passes too) and, with ``unit_rule``,
+    the unit-scale rule of ``FlowModel._check_data_range``. The messages never hold the input's
+    values."""
+    t = _shape_checked(t, endpoint, name, event_shape)
+    empty = (f"{endpoint}: empty batch in {name} (shape "
+             f"{[0] + [int(d) for d in event_shape]}); pass at least one example.")
+    with tf.control_dependencies([tf.debugging.Assert(tf.shape(t)[0] > 0, [empty])]):
+        t = tf.debugging.check_numerics(tf.identity(t),
+                                        f"{endpoint}: the input holds NaN or inf")
+    if data_range is None:
+        return t
+    minimum, maximum = tf.reduce_min(t), tf.reduce_max(t)
+    inside = tf.logical_not(outside_data_range(minimum, maximum, data_range, domain))
+    words = (f"{endpoint}: {name} must be {range_words(data_range)} (the model starts with image "
+             "preprocessing), got min {}, max {}.")
+    with tf.control_dependencies([tf.debugging.Assert(inside, [tf.strings.format(
+            words, [minimum, maximum])])]):
+        t = tf.identity(t)
+    if not unit_rule:
+        return t
+    size = tf.size(t)
+    scaled = (size >= UNIT_SCALED_MIN_VALUES) & (minimum >= 0) & (maximum > 0) & (maximum <= 1)
+    words = unit_scaled_message(endpoint, data_range, "{}") + "."
+    with tf.control_dependencies([tf.debugging.Assert(tf.logical_not(scaled), [
+            tf.strings.format(words, [size])])]):
+        return tf.identity(t)
 
 
 def saved_model_op_types(path):

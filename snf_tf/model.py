@@ -21,11 +21,50 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from snf_tf import bijectors
-from snf_tf.layers.base import FlowLayer, NonFiniteError, check_batch_values
+from snf_tf.layers.base import FlowLayer, NonFiniteError, check_batch_values, check_temperature
+from snf_tf.layers.preprocess import pixel_domain, pixel_range
 
-__all__ = ["ConditionalNormal", "FlowModel"]
+__all__ = ["ConditionalNormal", "FlowModel", "check_temperature"]
 
 _LN2 = math.log(2.0)
+
+#: the unit-scale rule (:attr:`FlowModel.check_unit_scaled`) looks at batches of at least this
+#: many values (one 8×8 image) ...
+UNIT_SCALED_MIN_VALUES = 64
+#: ... for models whose pixel range is [0, high) with high at least this (4-bit images and up)
+UNIT_SCALED_MIN_HIGH = 16
+
+
+def range_words(data_range) -> str:
+    """``"pixel values in [0, 256)"``: how every message names a declared data range."""
+    low, high = data_range
+    return f"pixel values in [{low:g}, {high:g})"
+
+
+def outside_data_range(minimum, maximum, data_range, domain):
+    """Whether a batch with this min and max falls outside ``[low, high)`` and also outside the
+    open ``domain`` of finite logits (the range plus the logit pre-scaling's margin, see
+    :func:`snf_tf.layers.preprocess.pixel_domain`). Python numbers or (in a graph) tensors."""
+    low, high = data_range
+    if domain is None:
+        domain = data_range
+    if tf.is_tensor(minimum):
+        lower_ok = tf.logical_or(minimum >= low, minimum > domain[0])
+        upper_ok = tf.logical_or(maximum < high, maximum < domain[1])
+        return tf.logical_not(tf.logical_and(lower_ok, upper_ok))
+    return not ((minimum >= low or minimum > domain[0]) and (maximum < high or maximum < domain[1]))
+
+
+def unit_scaled_rule_applies(data_range) -> bool:
+    """Whether the unit-scale rule can tell images scaled to [0, 1] from real pixels of a model
+    with this data range: ``[0, high)`` with ``high ≥ UNIT_SCALED_MIN_HIGH``."""
+    return data_range is not None and data_range[0] == 0 and data_range[1] >= UNIT_SCALED_MIN_HIGH
+
+
+def unit_scaled_message(where, data_range, size) -> str:
+    """The words of the unit-scale refusal (Python and the SavedModel; ``size`` a str or int)."""
+    return (f"{where}: the model takes {range_words(data_range)}, not images scaled to [0, 1] "
+            f"(all {size} values of the batch lie in [0, 1]); scale them back, e.g. x * 255")
 
 
 def _step_logs(logs):
@@ -257,12 +296,14 @@ class FlowModel(keras.Model):
                 context=None) -> tf.Tensor:
         """``x = f⁻¹(z)`` through every layer's inverse (learned R unless ``exact``). Layers that
         factored dimensions out (SplitPrior) sample them at ``temperature``; with an int ``seed``
-        the k-th of them met on the way back draws statelessly with seed ``(seed, k)``.
+        the k-th of them met on the way back draws statelessly with seed ``(seed, k)``;
+        ``temperature`` is a finite number ≥ 0 (0: the mode, the factored-out halves set to 0).
         Conditional models need the ``context`` (labels or vectors) of the examples."""
         if not tf.is_tensor(z):
             z = tf.convert_to_tensor(z)
         if not self.built:
             raise ValueError("FlowModel.inverse: build the model first (call it on data once).")
+        temperature = check_temperature(temperature, "FlowModel.inverse", allow_zero=True)
         encoded = self.encode_context(context, tf.shape(z)[0], z.shape[0])
         return self._walk_inverse(z, exact, temperature, seed, encoded)
 
@@ -345,11 +386,30 @@ class FlowModel(keras.Model):
                 context = tf.identity(context)
         return context
 
+    #: refuse eager batches of images scaled to [0, 1] (the unit-scale rule, see
+    #: :meth:`_check_data_range`); set False on a model (not saved) to score such a batch anyway.
+    #: A SavedModel exported while it is False leaves the rule out of its graph.
+    check_unit_scaled = True
+
+    @property
+    def data_range(self) -> tuple[float, float] | None:
+        """``(low, high)``: the model takes data in ``[low, high)`` — ``(0.0, 256.0)`` for a
+        model that starts with the image preprocessing (every ``snf_tf.models`` builder; see
+        :func:`snf_tf.layers.preprocess.pixel_range`); None: any finite values."""
+        return pixel_range(self.flow_layers)
+
     def _check_data(self, x):
         if not tf.is_tensor(x):
             x = tf.convert_to_tensor(x)
-        if x.shape.rank is None or x.shape.rank < 2:
-            raise ValueError(f"FlowModel: inputs need a batch axis, got shape {x.shape}.")
+        rank = x.shape.rank
+        if self.built and rank == len(self.data_shape):
+            hint = "; add one with x[None]" if tuple(x.shape) == self.data_shape else ""
+            raise ValueError(f"FlowModel: inputs need a batch axis: got shape {tuple(x.shape)}, "
+                             f"the model takes {(None,) + self.data_shape}{hint}.")
+        if rank is None or rank < 2:
+            shape = "unknown" if rank is None else tuple(x.shape)
+            raise ValueError(f"FlowModel: inputs need a batch axis: got shape {shape}; add one "
+                             "with x[None].")
         if not self.built:
             self.build(tuple(x.shape))
         if tuple(x.shape[1:]) != self.data_shape:
@@ -360,7 +420,32 @@ class FlowModel(keras.Model):
         if not (x.dtype.is_floating or x.dtype.is_integer):
             raise ValueError(f"FlowModel: inputs must be numbers, got dtype {x.dtype.name}.")
         check_batch_values(x, "FlowModel", "inputs")
+        self._check_data_range(x)
         return tf.cast(x, self.compute_dtype)
+
+    def _check_data_range(self, x):
+        """Eagerly, for models with a :attr:`data_range`: ``ValueError`` for values outside it
+        (naming the range and the batch's min and max; values within the logit pre-scaling's
+        margin, where the model's own samples may land, pass), and the unit-scale rule — a batch
+        of at least ``UNIT_SCALED_MIN_VALUES`` values, all in [0, 1] and not all 0, for a model
+        whose range is ``[0, high)`` with ``high ≥ UNIT_SCALED_MIN_HIGH``, is taken for images
+        scaled to [0, 1] (real 8-bit pixels of a whole batch practically never all lie in {0, 1}; an
+        all-black batch is the same in both scales and passes). ``check_unit_scaled = False``
+        switches the rule off. A no-op while tracing (no value checks per training step)."""
+        data_range = self.data_range
+        if data_range is None or not tf.executing_eagerly() or not hasattr(x, "numpy"):
+            return
+        minimum, maximum = float(tf.reduce_min(x)), float(tf.reduce_max(x))
+        if outside_data_range(minimum, maximum, data_range, pixel_domain(self.flow_layers)):
+            raise ValueError(f"FlowModel: inputs must be {range_words(data_range)} (the model "
+                             f"starts with image preprocessing), got min {minimum:.7g}, max "
+                             f"{maximum:.7g}.")
+        size = int(tf.size(x))
+        if (self.check_unit_scaled and unit_scaled_rule_applies(data_range)
+                and size >= UNIT_SCALED_MIN_VALUES and minimum >= 0 and 0 < maximum <= 1):
+            raise ValueError(f"{unit_scaled_message('FlowModel', data_range, size)} (or, for a "
+                             "batch that really is this dark, set model.check_unit_scaled = "
+                             "False).")
 
     def build(self, input_shape):
         self._build_from_shape(tuple(input_shape))
@@ -427,7 +512,8 @@ class FlowModel(keras.Model):
     # -- TensorFlow Probability views ---------------------------------------------------------
     def as_bijector(self, exact=False, exact_inverse=None, temperature=1.0, context=None):
         """``snf_tf.bijectors.Chain`` of the layers' TFP views (forward = z → x, inverse = x → z);
-        see :func:`snf_tf.bijectors.model_bijector`."""
+        see :func:`snf_tf.bijectors.model_bijector`. ``temperature``: a finite number > 0."""
+        check_temperature(temperature, "FlowModel.as_bijector")
         return bijectors.model_bijector(self, exact=exact, exact_inverse=exact_inverse,
                                         temperature=temperature, context=context)
 
@@ -436,7 +522,9 @@ class FlowModel(keras.Model):
         ``log_prob`` = ``self.log_prob(x, exact=exact)``, ``sample`` goes through the learned
         inverses. Training still goes through ``fit`` (its ``trainable_variables`` are empty).
         Conditional models: ``context=y`` gives the batch of ``p(x | y_i)`` (one label: one
-        distribution) over the learned conditional base."""
+        distribution) over the learned conditional base. ``temperature`` (of the dimensions
+        SplitPrior layers sample): a finite number > 0."""
+        check_temperature(temperature, "FlowModel.as_distribution")
         return bijectors.model_distribution(self, exact=exact, exact_inverse=exact_inverse,
                                             temperature=temperature, context=context)
 
@@ -594,6 +682,7 @@ class FlowModel(keras.Model):
 
         ``n`` and ``seed`` may be Python ints or int32 scalar tensors (inside a ``tf.function``).
         With a ``seed`` the result depends on nothing else (see the class docstring).
+        ``temperature``: a finite number > 0 (:func:`check_temperature`).
         Conditional models need ``context``: ``n`` labels (or one label for all) or ``n``
         vectors."""
         if not self.built:
@@ -601,6 +690,7 @@ class FlowModel(keras.Model):
         if not tf.is_tensor(n) and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
                                     or n < 1):
             raise ValueError(f"FlowModel.sample: n must be a positive int, got {n!r}.")
+        temperature = check_temperature(temperature, "FlowModel.sample")
         if context is not None and self.num_classes is not None:
             context = tf.convert_to_tensor(context)
             if context.shape.rank == 0:  # one label for every sample

@@ -4,7 +4,9 @@
 All models start with the common preprocessing of the reference (docs/paper.md: image pipeline):
 uniform dequantization (one noise sample, also at evaluation, as the reference), ``x/256``, the
 reference's logit pre-scaling ``(x + α)(1 − 2α)`` and a logit; their log-dets count in the
-likelihood.
+likelihood. So every model here takes pixel values in [0, 256) (``model.data_range``; uint8 images
+or floats on that scale) and refuses others, and batches of images scaled to [0, 1]
+(``docs/design.md``, "The data contract").
 """
 
 from snf_tf import layers as L

@@ -317,8 +317,9 @@ def test_sample_at_a_temperature(checkpoint, exported_dir, tmp_path, capsys):
     assert cli.main(["sample", exported_dir, "-o", str(tmp_path / "x.png"), "--temperature",
                      "0.5"]) == 2
     assert "temperature 1 only" in capsys.readouterr().err
-    assert cli.main(["sample", checkpoint, "--temperature", "-1"]) == 2
-    assert "expected a finite number ≥ 0" in capsys.readouterr().err
+    for bad in ("-1", "0", "nan", "inf", "warm"):  # the words of FlowModel.sample
+        assert cli.main(["sample", checkpoint, "--temperature", bad]) == 2
+        assert f"temperature must be a finite number > 0, got {bad}" in capsys.readouterr().err
 
 
 def test_the_cli_leaves_out_tensorflows_import_noise_and_nothing_else(tmp_path):
@@ -385,6 +386,11 @@ def test_class_conditional_run_sample_by_label_evaluate_and_export(tmp_path, cap
     capsys.readouterr()
     assert cli.main(["sample", saved, "-n", "4", "-o", str(tmp_path / "sm.png")]) == 2
     assert "is class-conditional" in capsys.readouterr().err
+    assert cli.main(["sample", saved, "-n", "4", "--label", "12", "-o",
+                     str(tmp_path / "sm.png")]) == 2  # the served graph's words, in one line
+    err = capsys.readouterr().err
+    assert "--label 12: FlowModel: a label is out of range" in err, err
+    assert "Graph execution error" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_label_for_an_unconditional_model_is_refused(checkpoint, tmp_path, capsys):

@@ -97,6 +97,9 @@ def test_every_command_a_run_prints_works_in_a_fresh_process(trained):
             assert (cwd / args[args.index("-o") + 1]).stat().st_size > 1000
         elif args[1] == "export":
             assert (cwd / args[3] / "saved_model.pb").is_file()
+            mask = os.umask(0)
+            os.umask(mask)
+            assert (cwd / args[3]).stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's
         else:  # train longer
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["status"] == "finished"

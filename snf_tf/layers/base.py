@@ -1,5 +1,6 @@
 """The flow-layer protocol shared by every layer of snf_tf (``docs/design.md``)."""
 
+import math
 import warnings
 
 import keras
@@ -7,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["FlowLayer", "NonFiniteError", "check_batch_values", "check_event_shape",
-           "check_float_policy", "check_positive_int", "draw", "in_xla_context",
-           "orthogonal_1x1_init", "sum_per_example", "warn_if_singular"]
+           "check_float_policy", "check_positive_int", "check_temperature", "draw",
+           "in_xla_context", "orthogonal_1x1_init", "sum_per_example", "warn_if_singular"]
 
 _NHWC = "NHWC: [batch, height, width, channels]"
 
@@ -228,6 +229,7 @@ class FlowLayer(keras.layers.Layer):
         if self.uses_context:
             extra["context"] = context
         if self.samples_on_inverse:
+            temperature = check_temperature(temperature, f"{self.name}.inverse", allow_zero=True)
             return self._inverse(z, exact=bool(exact), temperature=temperature, seed=seed,
                                  **extra)
         return self._inverse(z, exact=bool(exact), **extra)
@@ -445,6 +447,35 @@ def check_event_shape(layer, shape, name, expected):
     )
 
 
+
+
+def check_temperature(value, where="FlowModel.sample", allow_zero=False):
+    """``value`` if it is a finite number > 0 (``allow_zero``: ≥ 0, the mode), else
+    ``ValueError(f"{where}: temperature must be a finite number > 0, got {value!r}")`` (``>= 0``
+    with ``allow_zero``). Bools, strings and None are refused. A scalar tensor is checked by value
+    eagerly; inside a ``tf.function`` it gets a graph assertion with the same words (without the
+    value) and is returned through it. The one check of every temperature: ``FlowModel.sample``,
+    ``inverse`` (zero allowed), the TFP views, layers that sample on inverse, ``snf-tf sample``."""
+    bound = ">= 0" if allow_zero else "> 0"
+    message = f"{where}: temperature must be a finite number {bound}"
+    if tf.is_tensor(value) and not (tf.executing_eagerly() and hasattr(value, "numpy")):
+        # a symbolic tensor (inside tf.function): an assertion in the graph
+        if value.shape.rank != 0 or not (value.dtype.is_floating or value.dtype.is_integer):
+            raise ValueError(f"{message}, got a {value.dtype.name} tensor of shape "
+                             f"{tuple(value.shape)}")
+        as_float = tf.cast(value, tf.float64)
+        ok = tf.math.is_finite(as_float) & (as_float >= 0 if allow_zero else as_float > 0)
+        with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+            return tf.identity(value)
+    number = value
+    if tf.is_tensor(value):
+        number = value.numpy() if value.shape.rank == 0 else None
+    valid = (not isinstance(number, (bool, np.bool_))
+             and isinstance(number, (int, float, np.integer, np.floating))
+             and math.isfinite(number) and (number >= 0 if allow_zero else number > 0))
+    if not valid:
+        raise ValueError(f"{message}, got {value!r}")
+    return value
 
 
 def check_positive_int(value, what, owner):

@@ -4,6 +4,11 @@ Keller et al., ICML 2021, common image pipeline (``docs/paper.md``): uint8 pixel
 → ``Dequantize`` (x + u) → ``Normalize(0, 256)`` (x / 256) → ``Normalize.logit_prescaling(1e-6)``
 ((x + α)(1 − 2α)) → ``Logit``. Their log-dets count in the likelihood, so the NLL is in nats of the
 density on ``[0, 256)^D``.
+
+The pipeline declares the range of the data (:func:`pixel_range`): ``[0, 256)`` for the one above,
+``[t, t + s)`` for ``Normalize(t, s)`` in general — the values its ``Normalize`` maps onto
+``[0, 1)``, whose logit is finite. ``FlowModel.data_range`` reads it and ``FlowModel`` (and the
+exported SavedModel) refuse values outside it, and batches of images scaled to [0, 1].
 """
 
 import math
@@ -13,7 +18,7 @@ import tensorflow as tf
 
 from snf_tf.layers.base import FlowLayer, draw, sum_per_example
 
-__all__ = ["Dequantize", "Normalize", "Logit"]
+__all__ = ["Dequantize", "Normalize", "Logit", "pixel_domain", "pixel_range"]
 
 
 def _batch_broadcast(value, x):
@@ -128,6 +133,12 @@ class Normalize(FlowLayer):
             raise ValueError(f"Normalize.logit_prescaling: alpha must be in [0, 0.5), got {alpha}.")
         return cls(translation=-alpha, scale=1.0 / (1.0 - 2.0 * alpha), **kwargs)
 
+    @property
+    def unit_range(self) -> tuple[float, float]:
+        """``[t, t + s)``: the inputs this map sends onto ``[0, 1)`` (``Normalize(0, 256)``:
+        the pixel range ``[0, 256)``)."""
+        return (self.translation, self.translation + self.scale)
+
     def _forward(self, x, exact, training):
         """``((x − t) / s, −D·log s)``."""
         z = (x - self.translation) * (1.0 / self.scale)
@@ -158,8 +169,10 @@ class Logit(FlowLayer):
     .. math::
         \log|\det ∂z/∂x| = \sum_i \bigl(−\log x_i − \log(1 − x_i)\bigr).
 
-    Inputs outside (0, 1) give NaN/inf (not checked at run time; precede the layer with
-    ``Normalize.logit_prescaling`` so that 0 and 1 stay away from the boundary).
+    Inputs outside (0, 1) give NaN/inf (not checked by the layer; precede it with
+    ``Normalize.logit_prescaling`` so that 0 and 1 stay away from the boundary). In a model's
+    leading preprocessing it makes the pixel range a requirement (:func:`pixel_range`), which
+    ``FlowModel`` checks on its inputs.
     """
 
     def _forward(self, x, exact, training):
@@ -170,3 +183,51 @@ class Logit(FlowLayer):
     def _inverse(self, z, exact):
         """``sigmoid(z)``."""
         return tf.math.sigmoid(z)
+
+
+
+def _leading_normalizes(flow_layers):
+    """The ``Normalize`` layers of a stack's leading image preprocessing (see
+    :func:`pixel_range`), or None if it has none."""
+    layers = list(flow_layers)
+    i = 0
+    while i < len(layers) and isinstance(layers[i], Dequantize):
+        i += 1
+    normalizes = []
+    for layer in layers[i:]:
+        if isinstance(layer, Logit):
+            return normalizes or None
+        if not isinstance(layer, Normalize):
+            return None
+        normalizes.append(layer)
+    return None
+
+
+def pixel_range(flow_layers) -> tuple[float, float] | None:
+    """The range ``[low, high)`` of the data a stack of flow layers takes, declared by its leading
+    image preprocessing, or None (any finite values: tabular data, 2-D toys, ...).
+
+    The rule: the stack starts with ``Normalize(t, s)`` — after any number of ``Dequantize``
+    layers (the noise stays within one quantization bin) — followed, through further
+    ``Normalize`` layers only (the logit pre-scaling), by a ``Logit``: the data must then lie in
+    ``[t, t + s)``, the values the first ``Normalize`` maps onto ``[0, 1)`` (``[0, 256)`` for
+    :func:`snf_tf.models.preprocessing`). Without the ``Logit`` an affine ``Normalize`` is a
+    standardisation and declares nothing. See :func:`pixel_domain` for the margin.
+    """
+    normalizes = _leading_normalizes(flow_layers)
+    return None if normalizes is None else normalizes[0].unit_range
+
+
+def pixel_domain(flow_layers) -> tuple[float, float] | None:
+    """The open interval of inputs whose logit is finite (without dequantization noise): the
+    logit's domain (0, 1) mapped back through the leading ``Normalize`` layers. With the logit
+    pre-scaling (α > 0) it holds :func:`pixel_range` with a margin of ``s·α`` on each side
+    (``(−0.000256, 256.000256)`` for the default pipeline): the model's own samples reach into
+    it (a saturated sigmoid), so the range checks accept it too."""
+    normalizes = _leading_normalizes(flow_layers)
+    if normalizes is None:
+        return None
+    low, high = 0.0, 1.0
+    for layer in reversed(normalizes):
+        low, high = low * layer.scale + layer.translation, high * layer.scale + layer.translation
+    return low, high
