@@ -58,7 +58,7 @@ def _figure(model, real, path, title, seed=0):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from snf_tf.callbacks import image_grid
+    from snf_tf.images import image_grid
 
     labels = np.repeat(np.arange(model.num_classes), 8).astype("int32")
     panels = []
@@ -92,7 +92,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from snf_tf import data, export
-    from snf_tf.training import _real_images
+    from snf_tf.experiments.training import _real_images
 
     os.makedirs(args.out, exist_ok=True)
     report = {}

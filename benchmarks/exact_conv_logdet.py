@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 import snf_tf  # noqa: E402  (oneDNN switch before TensorFlow loads)
 from snf_tf import models  # noqa: E402
-from snf_tf.bench.models import train_step_runner  # noqa: E402
+from snf_tf.experiments.bench.timing import train_step_runner  # noqa: E402
 from snf_tf.ops import toeplitz  # noqa: E402
 
 SHAPES = [(28, 28, 1), (14, 14, 4), (7, 7, 16)]

@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 import snf_tf  # noqa: E402  (oneDNN switch before TensorFlow loads)
 from snf_tf import layers as L  # noqa: E402
 from snf_tf import models  # noqa: E402
-from snf_tf.bench.models import train_step_runner  # noqa: E402
+from snf_tf.experiments.bench.timing import train_step_runner  # noqa: E402
 
 
 def _step(model, x):

@@ -12,7 +12,7 @@ import tensorflow as tf
 import snf_tf
 from snf_tf import layers as L
 from snf_tf import models
-from snf_tf.bench.models import train_step_runner
+from snf_tf.experiments.bench.timing import train_step_runner
 
 x = tf.constant(np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype("uint8"))
 def mk(model, jit):

@@ -1,5 +1,12 @@
 """snf_tf — Self Normalizing Flows (Keller et al., ICML 2021) for TensorFlow 2 / Keras 3 / TFP.
 
+The library: flow layers (:mod:`snf_tf.layers`, math in :mod:`snf_tf.ops`), ``FlowModel``
+(:mod:`snf_tf.model`), TFP views (:mod:`snf_tf.bijectors`), SavedModel export
+(:mod:`snf_tf.export`), tfds pipelines (:mod:`snf_tf.data`), Keras callbacks
+(:mod:`snf_tf.callbacks`) and the paper's architectures (:mod:`snf_tf.models`). The paper's lab —
+named experiments, run folders, the collapse guard, the ``snf-tf`` command and benchmarks — is
+:mod:`snf_tf.experiments`, which the library never imports.
+
 ``import snf_tf`` registers every class a ``.keras`` file of the package can hold (the flow
 layers, ``FlowModel``, ``ConditionalNormal``, the ``LinearWarmup`` schedule) with Keras, through
 ``keras.saving.register_keras_serializable`` at their definition: after ``import snf_tf`` — or
@@ -19,17 +26,17 @@ from snf_tf import _environment
 
 _environment.prefer_onednn()  # before TensorFlow loads (see snf_tf._environment)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-_SUBMODULES = ("bijectors", "callbacks", "data", "experiments", "export", "layers", "model",
-               "models", "ops", "training")
+_SUBMODULES = ("bijectors", "callbacks", "data", "experiments", "export", "images", "layers",
+               "model", "models", "ops", "training")  # training: moved to experiments (0.3)
 _NAMES = {"FlowLayer": "snf_tf.layers", "SelfNormConv2D": "snf_tf.layers",
           "SelfNormDense": "snf_tf.layers", "FlowModel": "snf_tf.model",
           "ConditionalNormal": "snf_tf.model"}
 
 __all__ = ["ConditionalNormal", "FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense",
-           "bijectors", "callbacks", "data", "experiments", "export", "layers", "models", "ops",
-           "register_serializables", "training", "__version__"]
+           "bijectors", "callbacks", "data", "experiments", "export", "images", "layers", "models",
+           "ops", "register_serializables", "__version__"]
 
 #: the modules whose classes a ``.keras`` file of the package can name
 _SERIALIZABLE_MODULES = ("snf_tf.layers", "snf_tf.model", "snf_tf.callbacks")

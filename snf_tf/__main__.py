@@ -1,7 +1,7 @@
-"""``python -m snf_tf`` — the ``snf-tf`` command line (see :mod:`snf_tf.cli`)."""
+"""``python -m snf_tf`` — the ``snf-tf`` command line (see :mod:`snf_tf.experiments.cli`)."""
 
 import sys
 
-from snf_tf.cli import main
+from snf_tf.experiments.cli import main
 
 sys.exit(main())

@@ -1,14 +1,12 @@
-"""File-system pieces shared by the run folders and the CLI (no TensorFlow import): checks of
-where a file can go, atomic writes that survive a kill or a power loss, one-line descriptions of
-write faults, and the lock that keeps a run folder to one writer."""
+"""File-system pieces (no TensorFlow import): checks of where a file can go, and atomic writes
+that survive a kill, a power loss or a full disk (the earlier file stays)."""
 
 import contextlib
 import json
 import os
-import socket
 import tempfile
 
-__all__ = ["RunLock", "atomic_path", "check_writable", "fsync_directory", "fsync_file",
+__all__ = ["atomic_path", "check_writable", "fsync_directory", "fsync_file", "is_partial_file",
            "read_json", "umask_mode", "write_json"]
 
 
@@ -104,62 +102,3 @@ def read_json(path, what, advice):
         size = os.path.getsize(path)
         cause = "it is empty" if size == 0 else f"it is not valid JSON ({error})"
         raise ValueError(f"{what} {path} is damaged: {cause}; {advice}") from None
-
-
-class RunLock:
-    """One writer per run folder: an exclusive ``flock`` on ``FOLDER/.lock``, which holds the
-    owner's pid and host. The operating system releases it when the process ends, however it
-    ends, so the lock of a killed run is never in the way (its file stays, and is reused)."""
-
-    NAME = ".lock"
-
-    def __init__(self, folder):
-        self.folder = os.path.abspath(folder)
-        self.path = os.path.join(self.folder, self.NAME)
-        self._handle = None
-
-    def acquire(self, what="a run"):
-        """Take the lock or raise ``ValueError`` naming the process that holds it."""
-        import fcntl
-
-        os.makedirs(self.folder, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise ValueError(f"{self.folder} is in use: {owner} is writing {what} there; wait "
-                             "for it to end or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self):
-        if self._handle is not None:
-            self._handle.close()  # closing the file releases the flock
-            self._handle = None
-
-    @property
-    def held_here(self):
-        return self._handle is not None
-
-    @classmethod
-    def held(cls, folder):
-        """Whether some process (this one included) holds the lock of ``folder`` now."""
-        import fcntl
-
-        path = os.path.join(folder, cls.NAME)
-        if not os.path.exists(path):
-            return False
-        with open(path) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False

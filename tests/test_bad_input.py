@@ -252,7 +252,7 @@ def _built_flow():
 
 # -- output folders ----------------------------------------------------------------------------
 def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    from snf_tf import cli, training
+    from snf_tf.experiments import cli, training
 
     locked = tmp_path / "locked"
     locked.mkdir()

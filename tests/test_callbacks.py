@@ -10,6 +10,9 @@ import tensorflow as tf
 
 from snf_tf import FlowModel, SelfNormConv2D, SelfNormDense
 from snf_tf import callbacks as cb
+from snf_tf.experiments.guard import CollapseGuard
+from snf_tf.experiments.run_folder import AtomicBackupAndRestore
+from snf_tf.images import image_grid
 
 
 def _data(n=64, d=4, seed=0):
@@ -76,7 +79,7 @@ def test_recorded_reconstruction_error_is_the_unweighted_loss():
 
 def test_image_grid_layout():
     images = np.arange(5 * 2 * 3 * 1).reshape(5, 2, 3, 1)
-    grid = cb.image_grid(images, columns=2)
+    grid = image_grid(images, columns=2)
     assert grid.shape == (6, 6, 1) and grid.dtype == np.uint8
     np.testing.assert_array_equal(grid[2:4, 3:6], images[3])
     assert not grid[4:6, 3:6].any()  # the empty cell
@@ -161,18 +164,18 @@ def test_atomic_backup_survives_a_kill_between_the_renames(tmp_path):
     model.build((None, 4))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.optimizer.build(model.trainable_variables)
-    backup = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup = AtomicBackupAndRestore(str(tmp_path / "backup"))
     backup.set_model(model)
     backup._current_epoch = 3
     backup._save_model()
-    assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 3
+    assert AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 3
     saved = [w.copy() for w in model.get_weights()]
     os.replace(tmp_path / "backup", tmp_path / "backup.old")  # the kill happened here
     os.makedirs(tmp_path / "backup.tmp")                       # a half-written new backup
-    assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 3
+    assert AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 3
     for weight in model.trainable_weights:
         weight.assign(tf.zeros_like(weight))
-    restored = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    restored = AtomicBackupAndRestore(str(tmp_path / "backup"))
     restored.set_model(model)
     restored.on_train_begin()
     assert model._initial_epoch == 3
@@ -184,7 +187,7 @@ def test_atomic_backup_survives_a_kill_between_the_renames(tmp_path):
 def test_atomic_backup_never_stores_non_finite_weights(tmp_path):
     model = FlowModel([SelfNormDense()])
     model.build((None, 4))
-    backup = cb.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup = AtomicBackupAndRestore(str(tmp_path / "backup"))
     backup.set_model(model)
     backup._current_epoch = 1
     backup._save_model()
@@ -192,7 +195,7 @@ def test_atomic_backup_never_stores_non_finite_weights(tmp_path):
     backup._current_epoch = 2
     with pytest.warns(RuntimeWarning, match="non-finite weights"):
         backup._save_model()
-    assert cb.AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 1
+    assert AtomicBackupAndRestore.saved_epoch(str(tmp_path / "backup")) == 1
 
 
 class _Spy(keras.callbacks.Callback):
@@ -250,7 +253,7 @@ def test_guard_rolls_back_a_nan_batch_at_once_and_goes_on():
     poisoned[40] = np.nan  # batch 3 of 6 in every epoch
     model = _guarded_model()
     # λ left alone here so that the restored state equals the saved one exactly
-    guard, spy = cb.CollapseGuard(lambda_factor=1), _Spy(batches=[(0, 2)])
+    guard, spy = CollapseGuard(lambda_factor=1), _Spy(batches=[(0, 2)])
     history = model.fit(tf.data.Dataset.from_tensor_slices(poisoned).batch(16), epochs=2,
                         verbose=0, validation_data=(x,), callbacks=[guard, spy]).history
     # restored to the state before the epoch, immediately after the bad batch
@@ -269,7 +272,7 @@ def test_guard_rolls_back_a_nan_batch_at_once_and_goes_on():
 def test_guard_rolls_back_a_validation_jump_and_rewrites_the_logs(tmp_path):
     x = _data(64)
     model = _guarded_model(lr=1e-3)
-    guard, spy = cb.CollapseGuard(val_jump=0.1), _Spy()
+    guard, spy = CollapseGuard(val_jump=0.1), _Spy()
     path = str(tmp_path / "best.keras")
     best = cb.BestValidationTest(x, checkpoint_path=path)
     model.fit(x, batch_size=16, epochs=3, verbose=0, validation_data=(x,),
@@ -293,7 +296,7 @@ def test_guard_rolls_back_a_validation_jump_and_rewrites_the_logs(tmp_path):
 def test_guard_stops_after_max_rollbacks_with_the_last_good_state():
     x = _data(64)
     model = _guarded_model(lr=1e-3)
-    guard, spy = cb.CollapseGuard(val_jump=0.1, max_rollbacks=1, verbose=False), _Spy()
+    guard, spy = CollapseGuard(val_jump=0.1, max_rollbacks=1, verbose=False), _Spy()
     history = model.fit(x, batch_size=16, epochs=5, verbose=0, validation_data=(x,),
                         callbacks=[_Perturb([1, 2]), guard, spy]).history
     assert [e["kind"] for e in guard.events] == ["rollback", "stop"] and guard.gave_up
@@ -304,7 +307,7 @@ def test_guard_stops_after_max_rollbacks_with_the_last_good_state():
 def test_guard_checks_the_inverse_error_when_asked():
     x = _data(64)
     model = _guarded_model(lr=1e-3)
-    guard = cb.CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=0, verbose=False)
+    guard = CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=0, verbose=False)
     model.fit(x, batch_size=16, epochs=2, verbose=0, validation_data=(x,), callbacks=[guard])
     (event,) = guard.events
     assert event["kind"] == "stop" and "‖RW − I‖_F" in event["reason"]
@@ -316,7 +319,7 @@ def test_each_rollback_raises_lambda_and_a_stop_keeps_the_last_good_state():
     x = _data(64)
     model = _guarded_model(lr=1e-3)
     (snf,) = model.flow_layers
-    guard = cb.CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=2, verbose=False)
+    guard = CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=2, verbose=False)
     seen = []
 
     class Lambda(keras.callbacks.Callback):  # λ while each epoch trains
@@ -335,7 +338,7 @@ def test_each_rollback_raises_lambda_and_a_stop_keeps_the_last_good_state():
 def test_guard_leaves_lambda_alone_with_factor_1():
     x = _data(64)
     model = _guarded_model(lr=1e-3)
-    guard = cb.CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=1,
+    guard = CollapseGuard(val_jump=None, inverse_error=1e-9, max_rollbacks=1,
                              lambda_factor=1, verbose=False)
     model.fit(x, batch_size=16, epochs=2, verbose=0, validation_data=(x,), callbacks=[guard])
     assert guard.events[0]["kind"] == "rollback" and "λ" not in guard.events[0]["action"]
@@ -349,12 +352,12 @@ def test_guard_arguments_and_schedules_are_checked():
                             ({"lambda_factor": 0.5}, "lambda_factor must be a number >= 1"),
                             ({"lambda_factor": math.inf}, "lambda_factor")]:
         with pytest.raises(ValueError, match=message):
-            cb.CollapseGuard(**kwargs)
+            CollapseGuard(**kwargs)
     model = FlowModel([SelfNormDense()])
     model.compile(optimizer=keras.optimizers.Adam(
         keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)))
     with pytest.raises(ValueError, match="no `scale` variable"):
-        model.fit(_data(32), batch_size=16, epochs=1, verbose=0, callbacks=[cb.CollapseGuard()])
+        model.fit(_data(32), batch_size=16, epochs=1, verbose=0, callbacks=[CollapseGuard()])
 
 
 def test_guard_lowers_a_float_learning_rate():
@@ -364,7 +367,7 @@ def test_guard_lowers_a_float_learning_rate():
     model = FlowModel([SelfNormDense()])
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model(_data(2))
-    guard = cb.CollapseGuard(verbose=False)
+    guard = CollapseGuard(verbose=False)
     model.fit(tf.data.Dataset.from_tensor_slices(poisoned).batch(16), epochs=1, verbose=0,
               callbacks=[guard])
     assert float(model.optimizer.learning_rate) == pytest.approx(5e-3)

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from snf_tf import cli, experiments, models, training
+from snf_tf import experiments, models
+from snf_tf.experiments import cli, training
 
 pytestmark = pytest.mark.slow  # CLI runs: one training epoch of every experiment, resume, export
 
@@ -300,7 +301,7 @@ def test_a_run_prints_its_epochs_and_a_summary_whose_commands_work(tmp_path, cap
 def test_sample_at_a_temperature(checkpoint, exported_dir, tmp_path, capsys):
     import keras
 
-    from snf_tf.callbacks import image_grid, save_png
+    from snf_tf.images import image_grid, save_png
 
     path = tmp_path / "cold.png"
     assert cli.main(["sample", checkpoint, "-n", "4", "-o", str(path), "--seed", "3",

@@ -60,7 +60,7 @@ def test_import_snf_tf_first_turns_onednn_on_and_tensorflow_first_keeps_its_defa
 
 
 def test_bench_profile_writes_a_table_json_and_png(tmp_path):
-    from snf_tf.bench import profile
+    from snf_tf.experiments.bench import profile
 
     results = profile.main(["selfnorm_fc_mnist", "--rounds", "1", "--warmup", "1", "--batch", "8",
                             "--by-layer", "--out", str(tmp_path)])
@@ -83,7 +83,7 @@ def test_bench_profile_writes_a_table_json_and_png(tmp_path):
 def test_count_flops_counts_convs_and_matmuls_analytically():
     import tensorflow as tf
 
-    from snf_tf.bench.profile import count_flops
+    from snf_tf.experiments.bench.profile import count_flops
 
     def fn(x, a):
         return tf.nn.conv2d(x, tf.ones([3, 3, 4, 5]), 1, "SAME"), tf.matmul(a, a, transpose_a=True)
@@ -94,7 +94,7 @@ def test_count_flops_counts_convs_and_matmuls_analytically():
 
 
 def test_bench_models_times_train_sample_and_the_eval_ratio(tmp_path):
-    from snf_tf.bench import models
+    from snf_tf.experiments.bench import timing as models
 
     rows = models.main(["--models", "selfnorm_fc_mnist", "--rounds", "2", "--warmup", "1",
                         "--eval-images", "200", "--eval-rounds", "1", "--out", str(tmp_path)])

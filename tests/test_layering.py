@@ -9,16 +9,19 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "snf_tf"
 
 FLOORS = {
-    "_environment": 0, "_files": 0,
-    "ops": 1,
+    "_environment": 0, "_files": 0, "_deprecated": 0, "_compat": 0, "checks": 0,
+    "ops": 1, "images": 1, "context": 1,
     "layers": 2,
     "data": 3, "callbacks": 3, "bijectors": 3,
     "model": 4,
     "models": 5, "export": 5,
+    # the lab: every module of the subpackage snf_tf.experiments
     "experiments": 6,
-    "training": 7,
-    "bench": 8, "cli": 8, "__main__": 9,
+    # old paths of moved lab modules (aliases until 0.3)
+    "training": 7, "bench": 8, "cli": 8, "__main__": 9,
 }
+#: the library: what users build flows from; it imports nothing from the lab
+LIBRARY = {unit for unit, floor in FLOORS.items() if floor < FLOORS["experiments"]}
 
 
 def _unit(parts):
@@ -75,3 +78,12 @@ def test_keras_knows_the_flow_classes_as_soon_as_it_is_loaded():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)
     assert out.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if p.relative_to(PACKAGE).with_suffix(
+    "").parts[0] in LIBRARY], ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_library_imports_nothing_from_the_lab(path):
+    """Not even lazily: ``snf_tf.experiments`` (configs, runs, run folders, the guard, the CLI,
+    the benchmarks) stays out of every library module's imports."""
+    lab = [line for imported, line in _imports(path) if imported == "experiments"]
+    assert not lab, f"{path.relative_to(PACKAGE)} imports snf_tf.experiments at lines {lab}"

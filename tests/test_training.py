@@ -1,5 +1,5 @@
-"""snf_tf.training: the run folder, --resume after an interruption (exception and SIGKILL),
-no clobbering, divergence, determinism."""
+"""snf_tf.experiments.training: the run folder, --resume after an interruption (exception and
+SIGKILL), no clobbering, divergence, determinism."""
 
 import json
 import os
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snf_tf import training
+from snf_tf.experiments import training
 
 pytestmark = pytest.mark.slow  # run folders, SIGKILL and resume
 
@@ -443,10 +443,10 @@ def test_png_and_json_writes_are_atomic(tmp_path, monkeypatch):
     """A write that fails half-way (a full disk) leaves the earlier file, not a 0-byte one."""
     import matplotlib.pyplot as plt
 
-    from snf_tf import _files, callbacks
+    from snf_tf import _files, images
 
     path = tmp_path / "samples.png"
-    callbacks.save_png(str(path), np.zeros((8, 8, 1), np.uint8))
+    images.save_png(str(path), np.zeros((8, 8, 1), np.uint8))
     before = path.read_bytes()
 
     def full_disk(target, *args, **kwargs):
@@ -456,7 +456,7 @@ def test_png_and_json_writes_are_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plt, "imsave", full_disk)
     with pytest.raises(OSError, match="No space left") as caught:
-        callbacks.save_png(str(path), np.full((8, 8, 1), 255, np.uint8))
+        images.save_png(str(path), np.full((8, 8, 1), 255, np.uint8))
     assert caught.value.filename == str(path)  # named, for the one-line report
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["samples.png"]
 
@@ -469,7 +469,7 @@ def test_png_and_json_writes_are_atomic(tmp_path, monkeypatch):
 
 
 def test_backups_reach_the_disk_before_they_are_renamed_into_place(tmp_path, monkeypatch):
-    from snf_tf import callbacks
+    from snf_tf.experiments import run_folder
     from snf_tf.layers import SelfNormDense
     from snf_tf.model import FlowModel
 
@@ -481,7 +481,7 @@ def test_backups_reach_the_disk_before_they_are_renamed_into_place(tmp_path, mon
                                                      real_replace(a, b))[1])
     model = FlowModel([SelfNormDense()])
     model.build((None, 4))
-    backup = callbacks.AtomicBackupAndRestore(str(tmp_path / "backup"))
+    backup = run_folder.AtomicBackupAndRestore(str(tmp_path / "backup"))
     backup.set_model(model)
     backup._current_epoch = 1
     backup._save_model()

@@ -184,8 +184,8 @@ def test_load_checkpoint_alone_in_a_fresh_process(checkpoints, tmp_path):
 
 def test_the_command_starts_without_tensorflow(tmp_path):
     """``snf-tf list`` and ``--help`` do not load TensorFlow (they answer at once)."""
-    code = ("import sys; sys.argv = ['snf-tf', 'list']; from snf_tf import cli; cli.main(['list']);"
-            "print('tensorflow' in sys.modules)")
+    code = ("import sys; sys.argv = ['snf-tf', 'list']\nfrom snf_tf.experiments import cli\n"
+            "cli.main(['list']); print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], env=clean_env(tmp_path), cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False", result.stderr
@@ -274,8 +274,8 @@ def test_ctrl_c_stops_with_one_line_that_gives_the_resume_command(tmp_path):
 # -- one writer per run folder
 @needs_mnist
 def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_in_the_way(tmp_path):
-    from snf_tf import training
-    from snf_tf._files import RunLock
+    from snf_tf.experiments import training
+    from snf_tf.experiments.run_folder import RunLock
 
     prepared = training.prepare("selfnorm_fc_mnist", str(tmp_path / "r"), epochs=1,
                                 train_examples=200, eval_examples=200)
@@ -286,7 +286,7 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_in_the_way(tmp
     assert not RunLock.held(str(tmp_path / "r"))  # released when training ends
     # a process that dies holding the lock (SIGKILL) leaves its file, not its lock
     killed = subprocess.run(
-        [sys.executable, "-c", "import os, sys; from snf_tf._files import RunLock; "
+        [sys.executable, "-c", "import os, sys; from snf_tf.experiments.run_folder import RunLock; "
          "RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), 9)", str(tmp_path / "k")],
         env=clean_env(tmp_path), cwd=tmp_path, timeout=120)
     assert killed.returncode == -9 and (tmp_path / "k" / ".lock").exists()

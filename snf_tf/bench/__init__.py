@@ -1,7 +1,2 @@
-"""Benchmarks, run with ``snf-tf bench NAME`` (or ``python benchmarks/NAME.py``).
-
-- :mod:`snf_tf.bench.scaling` — one layer's training-step time vs. input dimension (Fig. 4).
-- :mod:`snf_tf.bench.models` — ms per batch and per sample of the nine Table-1 models (Table 3).
-
-Each prints a short table and writes JSON and a PNG to ``--out``.
-"""
+"""Moved to :mod:`snf_tf.experiments.bench` (this path works until 0.3): ``snf_tf.bench.scaling``,
+``snf_tf.bench.models`` (now ``timing``) and ``snf_tf.bench.profile`` are the moved modules."""
