@@ -28,15 +28,16 @@ _environment.prefer_onednn()  # before TensorFlow loads (see snf_tf._environment
 
 __version__ = "0.2.0"
 
-_SUBMODULES = ("bijectors", "callbacks", "data", "experiments", "export", "images", "layers",
-               "model", "models", "ops", "training")  # training: moved to experiments (0.3)
+_SUBMODULES = ("bijectors", "callbacks", "checks", "context", "data", "experiments", "export",
+               "images", "layers", "model", "models", "ops",
+               "training")  # training: moved to snf_tf.experiments, an alias until 0.3
 _NAMES = {"FlowLayer": "snf_tf.layers", "SelfNormConv2D": "snf_tf.layers",
           "SelfNormDense": "snf_tf.layers", "FlowModel": "snf_tf.model",
           "ConditionalNormal": "snf_tf.model"}
 
 __all__ = ["ConditionalNormal", "FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense",
-           "bijectors", "callbacks", "data", "experiments", "export", "images", "layers", "models",
-           "ops", "register_serializables", "__version__"]
+           "bijectors", "callbacks", "checks", "context", "data", "experiments", "export",
+           "images", "layers", "models", "ops", "register_serializables", "__version__"]
 
 #: the modules whose classes a ``.keras`` file of the package can name
 _SERIALIZABLE_MODULES = ("snf_tf.layers", "snf_tf.model", "snf_tf.callbacks")

@@ -67,11 +67,9 @@ def quiet_tensorflow_logs():
 
 def onednn_enabled():
     """Whether the loaded TensorFlow uses oneDNN kernels (None if it cannot tell)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public API for this
-    except ImportError:  # pragma: no cover
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
+    from snf_tf._compat import mkl_enabled  # imports TensorFlow: not at this module's load
+
+    return mkl_enabled()
 
 
 def import_tensorflow_quietly():

@@ -47,22 +47,12 @@ the views.
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.internal import cache_util
-from tensorflow_probability.python.internal import prefer_static as ps
 
+from snf_tf import context as conditioning
+from snf_tf._compat import BijectorCache, ChainBase, TransformedDistributionBase
+from snf_tf.checks import check_temperature
 from snf_tf.layers.base import FlowLayer
 from snf_tf.layers.coupling import RealNVPCoupling
-
-try:  # the class stock tfb.Chain / TransformedDistribution return for non-CompositeTensor parts
-    from tensorflow_probability.python.bijectors.chain import _Chain as _ChainBase
-except ImportError:  # pragma: no cover - TFP layout changed
-    _ChainBase = tfp.bijectors.Chain
-try:
-    from tensorflow_probability.python.distributions.transformed_distribution import (
-        _TransformedDistribution as _TransformedBase,
-    )
-except ImportError:  # pragma: no cover
-    _TransformedBase = tfp.distributions.TransformedDistribution
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -71,7 +61,7 @@ __all__ = ["Chain", "FlowBijector", "FlowDistribution", "RealNVPCoupling", "mode
            "model_distribution"]
 
 
-class _NoCache(cache_util.BijectorCache):
+class _NoCache(BijectorCache):
     """A TFP bijector cache that never stores anything: every call recomputes.
 
     Bound as the class attribute ``_cache`` (TFP's own mechanism: ``Bijector._cache`` is a
@@ -149,12 +139,7 @@ class FlowBijector(tfb.Bijector):
         parameters = dict(locals())
         if not isinstance(layer, FlowLayer):
             raise ValueError(f"FlowBijector: {layer!r} is not a snf_tf flow layer.")
-        if layer.uses_context and context is None:
-            raise ValueError(f"FlowBijector: {layer.name} is conditional; give the view its "
-                             f"context=[rows, {layer.context_dim}].")
-        if not layer.uses_context and context is not None:
-            raise ValueError(f"FlowBijector: {layer.name} takes no context.")
-        self._context = None if context is None else tf.convert_to_tensor(context)
+        self._context = conditioning.check_layer_context(layer, context)
         if layer.samples_on_inverse and not self._allows_sampling_inverse:
             raise ValueError(
                 f"FlowBijector: {layer.name} ({type(layer).__name__}) drops dimensions and is not "
@@ -199,11 +184,7 @@ class FlowBijector(tfb.Bijector):
         for the k samples of a ``k · rows`` input), ``{}`` for unconditional layers."""
         if self._context is None:
             return {}
-        rows, given = tf.shape(t)[0], tf.shape(self._context)[0]
-        if tf.executing_eagerly() and int(rows) % int(given):
-            raise ValueError(f"{self.name}: {int(rows)} examples for a context of {int(given)} "
-                             "rows; give one row per example (or k examples per row).")
-        return {"context": tf.tile(self._context, [rows // given, 1])}
+        return {"context": conditioning.repeat_rows(self._context, tf.shape(t)[0], self.name)}
 
     def _layer_inverse(self, z):
         return self._layer.inverse(z, exact=self._exact_inverse, **self._context_for(z))
@@ -295,7 +276,7 @@ class _SplitPriorView(FlowBijector):
             "experimental_sample_and_log_prob does).")
 
 
-class Chain(_ChainBase):
+class Chain(ChainBase):
     """``tfb.Chain`` without TFP's forward/inverse cache (drop-in replacement).
 
     A stock chain caches ``chain.forward(z) → x`` and returns ``z`` for ``chain.inverse(x)``, which
@@ -312,7 +293,7 @@ class Chain(_ChainBase):
                          name=name)
 
 
-class FlowDistribution(_TransformedBase):
+class FlowDistribution(TransformedDistributionBase):
     """A ``TransformedDistribution`` that scores ``y`` entirely in the normalizing direction.
 
     ``log_prob(y) = base.log_prob(bijector.inverse(y)) + bijector.inverse_log_det_jacobian(y)``.
@@ -331,13 +312,12 @@ class FlowDistribution(_TransformedBase):
 
     @classmethod
     def _parameter_properties(cls, dtype, num_classes=None):
-        return _TransformedBase._parameter_properties(dtype, num_classes=num_classes)
+        return TransformedDistributionBase._parameter_properties(dtype, num_classes=num_classes)
 
     def experimental_local_measure(self, y, backward_compat=False, **kwargs):
         distribution_kwargs, bijector_kwargs = self._kwargs_split_fn(kwargs)
         x = self.bijector.inverse(y, **bijector_kwargs)
-        event_ndims = tf.nest.map_structure(ps.rank_from_shape, self._event_shape_tensor(),
-                                            self.event_shape)
+        event_ndims = tf.nest.map_structure(_rank, self._event_shape_tensor(), self.event_shape)
         base_log_prob, tangent_space = self.distribution.experimental_local_measure(
             x, backward_compat=backward_compat, **distribution_kwargs)
         ildj = self.bijector.inverse_log_det_jacobian(y, event_ndims=event_ndims,
@@ -347,6 +327,11 @@ class FlowDistribution(_TransformedBase):
     def _sample_and_log_prob(self, sample_shape, seed, **kwargs):
         y = self.sample(sample_shape, seed=seed, **kwargs)
         return y, self.log_prob(y, **kwargs)
+
+
+def _rank(shape_tensor, shape):
+    """The rank of an event shape: static where known (as TFP's ``prefer_static``)."""
+    return tf.size(shape_tensor) if shape.rank is None else shape.rank
 
 
 def _view(layer, exact, exact_inverse, training, temperature, context=None):
@@ -359,16 +344,21 @@ def _view(layer, exact, exact_inverse, training, temperature, context=None):
 
 
 def _encoded_context(model, context):
-    """``(encoded [rows, width] or None, whether one scalar label was given)``."""
+    """``(encoded [rows, width] or None, whether one label was given for the whole batch)``."""
     if context is None:
-        model.encode_context(None, 0)  # ValueError for conditional models
-        return None, False
+        return model.encode_context(None, 0), False  # ValueError for conditional models
     context = tf.convert_to_tensor(context)
     scalar = model.num_classes is not None and context.shape.rank == 0
     if scalar:
-        context = context[None]
+        context = conditioning.broadcast(context, 1)
     rows = int(context.shape[0]) if context.shape.rank else 1
     return model.encode_context(context, rows, rows), scalar
+
+
+def _chain(model, encoded, exact, exact_inverse, training, temperature):
+    views = [_view(layer, exact, exact_inverse, training, temperature, encoded)
+             for layer in model.flow_layers]
+    return Chain(views, validate_event_size=False, name=f"{model.name}_bijector")
 
 
 def model_bijector(model, exact=False, exact_inverse=None, training=False, temperature=1.0,
@@ -377,10 +367,9 @@ def model_bijector(model, exact=False, exact_inverse=None, training=False, tempe
     conditional models: the views of their conditional layers hold ``context``."""
     if not model.built:
         raise ValueError("FlowModel.as_bijector: build the model first (call it on data once).")
+    check_temperature(temperature, "FlowModel.as_bijector")
     encoded, _ = _encoded_context(model, context)
-    views = [_view(layer, exact, exact_inverse, training, temperature, encoded)
-             for layer in model.flow_layers]
-    return Chain(views, validate_event_size=False, name=f"{model.name}_bijector")
+    return _chain(model, encoded, exact, exact_inverse, training, temperature)
 
 
 def model_distribution(model, exact=True, exact_inverse=False, temperature=1.0, context=None):
@@ -394,9 +383,9 @@ def model_distribution(model, exact=True, exact_inverse=False, temperature=1.0, 
     if not model.built:
         raise ValueError("FlowModel.as_distribution: build the model first (call it on data "
                          "once).")
+    check_temperature(temperature, "FlowModel.as_distribution")
     encoded, scalar = _encoded_context(model, context)
-    bijector = model_bijector(model, exact=exact, exact_inverse=exact_inverse,
-                              temperature=temperature, context=context)
+    bijector = _chain(model, encoded, exact, exact_inverse, False, temperature)
     dtype = tf.as_dtype(model.compute_dtype)
     if encoded is None:
         base = tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)),

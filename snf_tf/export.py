@@ -63,6 +63,7 @@ Design decisions (documented contract of the exported endpoints):
   graph with an ``InvalidArgumentError`` that says so.
 """
 
+import inspect
 import os
 import shutil
 import tempfile
@@ -71,16 +72,17 @@ import zipfile
 import keras
 import tensorflow as tf
 
+from snf_tf import context as conditioning
 from snf_tf._files import umask_mode
-from snf_tf.layers.preprocess import pixel_domain
-from snf_tf.model import (
+from snf_tf.checks import (
     UNIT_SCALED_MIN_VALUES,
-    FlowModel,
     outside_data_range,
     range_words,
     unit_scaled_message,
     unit_scaled_rule_applies,
 )
+from snf_tf.layers.preprocess import pixel_domain
+from snf_tf.model import FlowModel
 
 __all__ = ["ENDPOINTS", "export_saved_model", "load_checkpoint", "load_saved_model", "forward",
            "log_prob", "dequantized_log_prob", "inverse", "sample", "frozen_log_dets"]
@@ -160,72 +162,11 @@ def export_saved_model(model, path, overwrite=True):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
 
-    # The signatures take float32 tensors of any shape, and the served graphs check the rest
-    # themselves (no snf_tf on the serving side), with the words FlowModel uses: a TensorSpec with
-    # the shape would make TF's own binding error print the whole input array, and the
-    # ``signatures`` path would not check shapes at all (a reshape error deep in the graph).
-    x_spec = tf.TensorSpec(None, tf.float32, name="x")
-    z_spec = tf.TensorSpec(None, tf.float32, name="z")
-    n_spec = tf.TensorSpec((), tf.int32, name="n")
-    seed_spec = tf.TensorSpec((), tf.int32, name="seed")
-    data_shape, latent_shape = tuple(model.data_shape), tuple(model.latent_shape)
-    data_range, domain = model.data_range, pixel_domain(model.flow_layers)
-    unit_rule = model.check_unit_scaled and unit_scaled_rule_applies(data_range)
-
-    def x_checked(x, endpoint):
-        return _checked_input(x, endpoint, "x", data_shape, data_range, domain, unit_rule)
-
-    def z_checked(z, endpoint):
-        return _checked_input(z, endpoint, "z", latent_shape)
-
-    def n_checked(n):
-        with tf.control_dependencies([tf.debugging.Assert(n >= 1, [tf.strings.format(
-                "sample: n must be a positive int, got {}.", n)])]):
-            return tf.identity(n)
-
-    archive = keras.export.ExportArchive()
-    if model.conditional:
-        # y: int32 labels [None] or float32 vectors [None, context_dim], after the data argument
-        # (shape-free specs, checked in the graph as x is)
-        y_spec = tf.TensorSpec(None, tf.int32 if model.num_classes else tf.float32, name="y")
-        y_shape = () if model.num_classes else (model.context_dim,)
-
-        def y_checked(y, endpoint):
-            return _shape_checked(y, endpoint, "y", y_shape)
-
-        def sample_rows(n, y):  # one row for every sample, or n rows
-            shape = tf.concat([tf.reshape(n, [1]), tf.shape(y)[1:]], axis=0)
-            return tf.broadcast_to(y, shape)
-
-        endpoints = [
-            ("log_prob", lambda x, y: log_prob(
-                model, x_checked(x, "log_prob"), y_checked(y, "log_prob")), [x_spec, y_spec]),
-            ("dequantized_log_prob", lambda x, y, seed: dequantized_log_prob(
-                model, x_checked(x, "dequantized_log_prob"), seed,
-                y_checked(y, "dequantized_log_prob")), [x_spec, y_spec, seed_spec]),
-            ("forward", lambda x, y: dict(zip(("z", "log_det"), forward(
-                model, x_checked(x, "forward"), exact=True, context=y_checked(y, "forward")))),
-             [x_spec, y_spec]),
-            ("inverse", lambda z, y: inverse(model, z_checked(z, "inverse"),
-                                             y_checked(y, "inverse")), [z_spec, y_spec]),
-            ("sample", lambda n, y, seed: sample(
-                model, n_checked(n), seed, context=sample_rows(n, y_checked(y, "sample"))),
-             [n_spec, y_spec, seed_spec]),
-        ]
-    else:
-        endpoints = [
-            ("log_prob", lambda x: log_prob(model, x_checked(x, "log_prob")), [x_spec]),
-            ("dequantized_log_prob", lambda x, seed: dequantized_log_prob(
-                model, x_checked(x, "dequantized_log_prob"), seed), [x_spec, seed_spec]),
-            ("forward", lambda x: dict(zip(("z", "log_det"), forward(
-                model, x_checked(x, "forward"), exact=True))), [x_spec]),
-            ("inverse", lambda z: inverse(model, z_checked(z, "inverse")), [z_spec]),
-            ("sample", lambda n, seed: sample(model, n_checked(n), seed), [n_spec, seed_spec]),
-        ]
     with model.frozen_log_dets():
+        archive = keras.export.ExportArchive()
         archive.track(model)
-        for name, function, signature in endpoints:
-            archive.add_endpoint(name, function, input_signature=signature)
+        for name, arguments, function in _endpoints(model):
+            archive.add_endpoint(name, function, input_signature=list(arguments.values()))
         tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
         try:
             archive.write_out(tmp, verbose=False)
@@ -239,6 +180,66 @@ def export_saved_model(model, path, overwrite=True):
             if os.path.exists(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _endpoints(model):
+    """``(name, {argument: spec}, function)`` of every endpoint, in :data:`ENDPOINTS` order: one
+    table for every model, a conditional model's endpoints taking ``y`` after their first
+    argument. Each function checks its arguments in the graph (:func:`_checked_input`), then
+    calls the computation of the same name above."""
+    # The specs take tensors of any shape, and the served graphs check the rest themselves (no
+    # snf_tf on the serving side), with the words FlowModel uses: a TensorSpec with the shape
+    # would make TF's own binding error print the whole input array, and the ``signatures``
+    # path would not check shapes at all (a reshape error deep in the graph).
+    data_shape, latent_shape = tuple(model.data_shape), tuple(model.latent_shape)
+    data_range, domain = model.data_range, pixel_domain(model.flow_layers)
+    unit_rule = model.check_unit_scaled and unit_scaled_rule_applies(data_range)
+    y_shape = () if model.num_classes else (model.context_dim,)
+    specs = {"x": tf.TensorSpec(None, tf.float32, name="x"),
+             "z": tf.TensorSpec(None, tf.float32, name="z"),
+             "n": tf.TensorSpec((), tf.int32, name="n"),
+             "y": tf.TensorSpec(None, tf.int32 if model.num_classes else tf.float32, name="y"),
+             "seed": tf.TensorSpec((), tf.int32, name="seed")}
+    checks = {"x": lambda x, endpoint: _checked_input(x, endpoint, "x", data_shape, data_range,
+                                                      domain, unit_rule),
+              "z": lambda z, endpoint: _checked_input(z, endpoint, "z", latent_shape),
+              "n": lambda n, endpoint: _positive_checked(n, endpoint, "n"),
+              "y": lambda y, endpoint: _shape_checked(y, endpoint, "y", y_shape),
+              "seed": lambda seed, endpoint: seed}
+    table = [
+        ("log_prob", ("x", "y"), lambda x, y: log_prob(model, x, y)),
+        ("dequantized_log_prob", ("x", "y", "seed"),
+         lambda x, y, seed: dequantized_log_prob(model, x, seed, y)),
+        ("forward", ("x", "y"),
+         lambda x, y: dict(zip(("z", "log_det"), forward(model, x, exact=True, context=y)))),
+        ("inverse", ("z", "y"), lambda z, y: inverse(model, z, y)),
+        ("sample", ("n", "y", "seed"),  # y: n rows, or one row for all
+         lambda n, y, seed: sample(model, n, seed, context=conditioning.broadcast(y, n))),
+    ]
+    for name, arguments, compute in table:
+        if not model.conditional:
+            arguments = tuple(a for a in arguments if a != "y")
+        yield name, {a: specs[a] for a in arguments}, _endpoint(name, arguments, compute, checks)
+
+
+def _endpoint(name, arguments, compute, checks):
+    """A function of the positional ``arguments`` (named so, also for keyword calls of the
+    served endpoint) that checks each and calls ``compute`` (``y=None`` when not given)."""
+    def endpoint(*values):
+        given = {a: checks[a](value, name) for a, value in zip(arguments, values)}
+        return compute(**{"y": None, **given})
+
+    endpoint.__signature__ = inspect.Signature(
+        [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in arguments])
+    endpoint.__name__ = name
+    return endpoint
+
+
+def _positive_checked(n, endpoint, name):
+    """``n`` after a graph assertion that it is ≥ 1 (in the words of ``FlowModel.sample``)."""
+    with tf.control_dependencies([tf.debugging.Assert(n >= 1, [tf.strings.format(
+            f"{endpoint}: {name} must be a positive int, got {{}}.", n)])]):
+        return tf.identity(n)
 
 
 def _shape_checked(t, endpoint, name, event_shape):
@@ -273,8 +274,8 @@ def _checked_input(t, endpoint, name, event_shape, data_range=None, domain=None,
     naming the endpoint, in the words of ``FlowModel``: the shape (:func:`_shape_checked`), a
     non-empty batch, finite values, and — for a model with a data range — the range (with the
     batch's min and max; the ``domain`` of finite logits passes too) and, with ``unit_rule``,
-    the unit-scale rule of ``FlowModel._check_data_range``. The messages never hold the input's
-    values."""
+    the unit-scale rule of :func:`snf_tf.checks.check_data_range`. The messages never hold the
+    input's values."""
     t = _shape_checked(t, endpoint, name, event_shape)
     empty = (f"{endpoint}: empty batch in {name} (shape "
              f"{[0] + [int(d) for d in event_shape]}); pass at least one example.")

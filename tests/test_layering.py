@@ -9,8 +9,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "snf_tf"
 
 FLOORS = {
-    "_environment": 0, "_files": 0, "_deprecated": 0, "_compat": 0, "checks": 0,
-    "ops": 1, "images": 1, "context": 1,
+    "_files": 0, "_deprecated": 0, "_compat": 0, "checks": 0,
+    "ops": 1, "images": 1, "context": 1, "_environment": 1,
     "layers": 2,
     "data": 3, "callbacks": 3, "bijectors": 3,
     "model": 4,

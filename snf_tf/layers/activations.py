@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from snf_tf.layers.base import FlowLayer, check_positive_int, sum_per_example
+from snf_tf.checks import check_positive_int
+from snf_tf.layers.base import FlowLayer, sum_per_example
 from snf_tf.ops import spline as spline_ops
 
 __all__ = ["SmoothLeakyReLU", "LearnableLeakyReLU", "SplineActivation"]

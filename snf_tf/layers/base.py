@@ -1,12 +1,22 @@
 """The flow-layer protocol shared by every layer of snf_tf (``docs/design.md``)."""
 
-import math
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from snf_tf._compat import in_xla_context, outside_keras_call
+from snf_tf.checks import (
+    NonFiniteError,
+    check_batch_values,
+    check_positive_int,
+    check_temperature,
+)
+from snf_tf.context import check_layer_context
+
+# NonFiniteError, check_batch_values, check_positive_int, check_temperature (snf_tf.checks) and
+# in_xla_context (snf_tf._compat) keep this module as an import path too.
 __all__ = ["FlowLayer", "NonFiniteError", "check_batch_values", "check_event_shape",
            "check_float_policy", "check_positive_int", "check_temperature", "draw",
            "in_xla_context", "orthogonal_1x1_init", "sum_per_example", "warn_if_singular"]
@@ -21,28 +31,6 @@ Seed = int | tuple[int, int] | tf.Tensor | keras.random.SeedGenerator | None
 #: dtypes flow layers compute in: log-dets (slogdet, QR, sums of logs over D terms) and exact
 #: inverses lose too much in half precision, and TF has no float16/bfloat16 slogdet kernel.
 SUPPORTED_DTYPES = ("float32", "float64")
-
-
-class NonFiniteError(ValueError):
-    """Inputs (or values passed between layers) hold NaN or inf: a likelihood of them would be
-    silently NaN. A ``ValueError``, so callers treating bad input alike need no special case."""
-
-
-def in_xla_context():
-    """True while tracing a function compiled with ``jit_compile=True`` (slogdet/LU unavailable)."""
-    try:
-        from tensorflow.python.ops import control_flow_util  # no public API for this question
-    except ImportError:  # pragma: no cover - TF moved it; assume the worst-case-safe answer
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-def _outside_keras_call():
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover
-        return False
-    return global_state.get_global_attribute("current_call_ctx") is None
 
 
 class FlowLayer(keras.layers.Layer):
@@ -302,32 +290,8 @@ class FlowLayer(keras.layers.Layer):
         return tf.cast(x, self.compute_dtype)
 
     def _check_context(self, context, x):
-        """``context`` as a ``[batch, context_dim]`` tensor of the layer's dtype for a conditional
-        layer (``ValueError`` if missing, of the wrong rank, width, dtype or batch, or not
-        finite); ``ValueError`` if given to a layer without one; None otherwise."""
-        if not self.uses_context:
-            if context is not None:
-                raise ValueError(f"{self.name}: {type(self).__name__} takes no context (it is "
-                                 "not conditional); pass context=None.")
-            return None
-        if context is None:
-            raise ValueError(f"{self.name}: this {type(self).__name__} is conditional "
-                             f"(context_dim={self.context_dim}) and needs a context: pass "
-                             f"context=[batch, {self.context_dim}] floats.")
-        if not tf.is_tensor(context):
-            context = tf.convert_to_tensor(context)
-        if not context.dtype.is_floating:
-            raise ValueError(f"{self.name}: the context must be floats (a one-hot label or a "
-                             f"vector), got dtype {context.dtype.name}.")
-        if context.shape.rank != 2 or context.shape[-1] != self.context_dim:
-            raise ValueError(f"{self.name}: the context must have shape [batch, "
-                             f"{self.context_dim}], got {tuple(context.shape)}.")
-        batch, context_batch = x.shape[0], context.shape[0]
-        if batch is not None and context_batch is not None and batch != context_batch:
-            raise ValueError(f"{self.name}: the context has {context_batch} rows for a batch of "
-                             f"{batch}; give one context row per example.")
-        check_batch_values(context, self.name, "the context")
-        return tf.cast(context, self.compute_dtype)
+        """The context of this call (:func:`snf_tf.context.check_layer_context`)."""
+        return check_layer_context(self, context, x)
 
     def _expected_shape(self, name):
         """Per-example shape that ``name`` ("x" or "z") must have."""
@@ -340,7 +304,7 @@ class FlowLayer(keras.layers.Layer):
 
     def _register_reconstruction(self, loss):
         """``add_loss`` that does not pile up when ``forward`` is used outside a Keras call."""
-        if _outside_keras_call():
+        if outside_keras_call():
             self._clear_losses()
         self.add_loss(loss)
 
@@ -380,28 +344,6 @@ def check_float_policy(layer):
             f"{type(layer).__name__}: dtype {policy.compute_dtype} is not supported (log-dets and "
             f"exact inverses need {' or '.join(SUPPORTED_DTYPES)})."
         )
-
-
-def check_batch_values(x, owner, name):
-    """Eagerly: ``ValueError`` for an empty batch, :class:`NonFiniteError` for NaN or inf values.
-
-    A no-op while tracing a ``tf.function``: a per-step check would cost every training step, and
-    there a non-finite value makes the loss non-finite, which the training loop's divergence
-    policy catches (``keras.callbacks.TerminateOnNaN``; see ``snf_tf.training``).
-    """
-    if not tf.executing_eagerly() or not hasattr(x, "numpy"):
-        return
-    if x.shape.rank and x.shape[0] == 0:
-        raise ValueError(f"{owner}: empty batch in {name} (shape {tuple(x.shape)}); pass at "
-                         "least one example.")
-    if x.dtype.is_floating:
-        finite = tf.math.is_finite(x)
-        if not bool(tf.reduce_all(finite)):
-            bad = int(tf.size(x)) - int(tf.math.count_nonzero(finite))
-            raise NonFiniteError(
-                f"{owner}: {bad} non-finite value(s) (NaN or inf) in {name}, out of "
-                f"{int(tf.size(x))}."
-            )
 
 
 def warn_if_singular(layer, log_abs_det):
@@ -445,44 +387,6 @@ def check_event_shape(layer, shape, name, expected):
         f"{layer.name}: {name} has per-example shape {got} but the layer was built for "
         f"{expected}{detail}. Use one layer per input shape."
     )
-
-
-
-
-def check_temperature(value, where="FlowModel.sample", allow_zero=False):
-    """``value`` if it is a finite number > 0 (``allow_zero``: ≥ 0, the mode), else
-    ``ValueError(f"{where}: temperature must be a finite number > 0, got {value!r}")`` (``>= 0``
-    with ``allow_zero``). Bools, strings and None are refused. A scalar tensor is checked by value
-    eagerly; inside a ``tf.function`` it gets a graph assertion with the same words (without the
-    value) and is returned through it. The one check of every temperature: ``FlowModel.sample``,
-    ``inverse`` (zero allowed), the TFP views, layers that sample on inverse, ``snf-tf sample``."""
-    bound = ">= 0" if allow_zero else "> 0"
-    message = f"{where}: temperature must be a finite number {bound}"
-    if tf.is_tensor(value) and not (tf.executing_eagerly() and hasattr(value, "numpy")):
-        # a symbolic tensor (inside tf.function): an assertion in the graph
-        if value.shape.rank != 0 or not (value.dtype.is_floating or value.dtype.is_integer):
-            raise ValueError(f"{message}, got a {value.dtype.name} tensor of shape "
-                             f"{tuple(value.shape)}")
-        as_float = tf.cast(value, tf.float64)
-        ok = tf.math.is_finite(as_float) & (as_float >= 0 if allow_zero else as_float > 0)
-        with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-            return tf.identity(value)
-    number = value
-    if tf.is_tensor(value):
-        number = value.numpy() if value.shape.rank == 0 else None
-    valid = (not isinstance(number, (bool, np.bool_))
-             and isinstance(number, (int, float, np.integer, np.floating))
-             and math.isfinite(number) and (number >= 0 if allow_zero else number > 0))
-    if not valid:
-        raise ValueError(f"{message}, got {value!r}")
-    return value
-
-
-def check_positive_int(value, what, owner):
-    """``int(value)``, or ``ValueError`` unless ``value`` is a positive int (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{owner}: {what} must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def orthogonal_1x1_init(shape, dtype=None):

@@ -10,7 +10,8 @@ import math
 import keras
 import tensorflow as tf
 
-from snf_tf.layers.base import FlowLayer, check_positive_int, warn_if_singular
+from snf_tf.checks import check_positive_int
+from snf_tf.layers.base import FlowLayer, warn_if_singular
 from snf_tf.layers.glow import Conv1x1
 from snf_tf.ops.selfnorm import flip_kernel
 

@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from snf_tf.layers.base import FlowLayer, check_positive_int
+from snf_tf.checks import check_positive_int
+from snf_tf.layers.base import FlowLayer
 
 __all__ = ["RealNVPCoupling"]
 

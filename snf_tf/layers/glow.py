@@ -12,13 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import (
-    FlowLayer,
-    check_positive_int,
-    draw,
-    orthogonal_1x1_init,
-    warn_if_singular,
-)
+from snf_tf.checks import check_positive_int
+from snf_tf.layers.base import FlowLayer, draw, orthogonal_1x1_init, warn_if_singular
 from snf_tf.ops.linalg import log_abs_det_qr
 
 __all__ = ["ActNorm", "Conv1x1", "AffineCoupling", "SplitPrior"]

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from snf_tf.layers.base import FlowLayer, in_xla_context, orthogonal_1x1_init, warn_if_singular
+from snf_tf._compat import in_xla_context
+from snf_tf.layers.base import FlowLayer, orthogonal_1x1_init, warn_if_singular
 from snf_tf.ops import selfnorm as sn_ops
 from snf_tf.ops import toeplitz
 
