@@ -15,5 +15,5 @@ if [ -z "${TFDS_DATA_DIR:-}" ] && [ -d ../shared/tensorflow_datasets ]; then
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 # TF turns oneDNN on by itself only on AVX-512 CPUs; on AVX2 ones it makes the SNF conv and dense
-# steps 1.5-3× faster (benchmarks/layer_scaling.py). Export TF_ENABLE_ONEDNN_OPTS=0 to opt out.
+# steps 1.5-3× faster (snf-tf bench scaling). Export TF_ENABLE_ONEDNN_OPTS=0 to opt out.
 export TF_ENABLE_ONEDNN_OPTS="${TF_ENABLE_ONEDNN_OPTS:-1}"

@@ -36,7 +36,7 @@ def test_relative_links_in_docs_exist():
 
 def test_no_file_cites_documents_outside_the_repository():
     offenders = []
-    for path in list((ROOT / "snf_tf").rglob("*.py")) + list((ROOT / "benchmarks").rglob("*.py")) \
+    for path in list((ROOT / "snf_tf").rglob("*.py")) + list((ROOT / "studies").rglob("*.py")) \
             + list((ROOT / "examples").rglob("*.py")) + list((ROOT / "tests").rglob("*.py")) \
             + [p for p in (ROOT / "scripts").iterdir() if p.suffix in (".py", ".sh")] \
             + [ROOT / "mkdocs.yml"] \
@@ -51,7 +51,7 @@ def test_no_file_cites_documents_outside_the_repository():
 def test_ruff_is_clean():
     """The style the repository is written in (pyproject.toml [tool.ruff]) holds everywhere."""
     ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).with_name("ruff"))
-    out = subprocess.run([ruff, "check", "snf_tf", "tests", "benchmarks", "examples", "scripts"],
+    out = subprocess.run([ruff, "check", "snf_tf", "tests", "studies", "examples", "scripts"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 

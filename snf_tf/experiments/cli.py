@@ -60,8 +60,8 @@ def _is_fault(error):
     TensorFlow reports a full disk as ``ResourceExhaustedError``, not ``OSError``)."""
     if isinstance(error, OSError):
         return True
-    errors = sys.modules.get("tensorflow.python.framework.errors_impl")
-    return errors is not None and isinstance(error, errors.OpError)
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.OpError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -442,10 +442,10 @@ class TrainCommand(Command):
     @staticmethod
     def _kept(out):
         """What a stopped run kept: its last backed-up epoch."""
-        from snf_tf.experiments.run_folder import AtomicBackupAndRestore
+        from snf_tf.experiments.run_folder import RunFolder
 
         try:
-            epoch = AtomicBackupAndRestore.saved_epoch(os.path.join(out, "backup"))
+            epoch = RunFolder(out).saved_epoch()
         except ValueError:
             epoch = None
         return (f"the run in {out} keeps its last finished epoch ({epoch})" if epoch else
@@ -499,14 +499,16 @@ class EvaluateCommand(Command):
 
     @staticmethod
     def dataset_of(checkpoint):
-        import json
+        from snf_tf.experiments.run_folder import RunFolder
 
-        path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.json")
-        if not os.path.isfile(path):
+        folder = RunFolder(os.path.dirname(os.path.abspath(checkpoint)))
+        if not os.path.isfile(folder.file(RunFolder.CONFIG)):
             raise CliError(f"cannot tell which dataset {checkpoint} was trained on (no "
                            "config.json beside it); pass --dataset")
-        with open(path) as f:
-            dataset = json.load(f)["config"]["dataset"]
+        try:
+            dataset = folder.read_config()["config"].get("dataset")
+        except ValueError as error:
+            raise CliError(f"{error}; or pass --dataset") from None
         if dataset == "normal":
             raise CliError("the snf_timescaling experiment has synthetic data; nothing to "
                            "evaluate on")

@@ -7,7 +7,7 @@ For every weight of every ``.keras`` file given, this prints how much the two st
 (median, 99.9 % quantile, share of weights whose step differs by more than 1 %) and writes
 ``OUT/adam_epsilon.json``.
 
-    python benchmarks/adam_epsilon.py runs/study/*/best.keras --out benchmarks/measured/DIR
+    python studies/collapse/adam_epsilon.py runs/study/*/best.keras --out DIR
 """
 
 import argparse

@@ -8,7 +8,7 @@ guard restores when the next epoch collapses), multiplies the warm-up schedule's
 (``RUN/config.json``) and prints per epoch the exact validation NLL and the largest
 ‖RW − I‖_F; writes ``OUT/rollback_check.json`` after every epoch.
 
-    python benchmarks/rollback_check.py runs/a5_fixed_seed1 --epochs 2 --out DIR \\
+    python studies/collapse/rollback_check.py runs/a5_fixed_seed1 --epochs 2 --out DIR \\
         [--lambda-factor 10]
 """
 
@@ -28,13 +28,12 @@ def main(argv=None):
     import keras
 
     from snf_tf import callbacks, experiments
+    from snf_tf.experiments.run_folder import RunFolder
 
-    with open(os.path.join(args.run, "config.json")) as f:
-        cfg = json.load(f)["config"]
-    with open(os.path.join(args.run, "metrics.json")) as f:
-        metrics = json.load(f)
+    run = RunFolder(args.run)
+    cfg, metrics = run.read_config()["config"], run.read_metrics()
     start = metrics["best"]["epoch"]
-    model = keras.models.load_model(os.path.join(args.run, "best.keras"))
+    model = keras.models.load_model(run.checkpoint)
     schedule = model.optimizer._learning_rate
     if not isinstance(schedule, callbacks.LinearWarmup):
         raise SystemExit(f"{args.run}: expected a LinearWarmup schedule, got {schedule!r}")

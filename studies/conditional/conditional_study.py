@@ -5,8 +5,8 @@ Each pair is two ``snf-tf train`` run folders of the same size and epochs, e.g.
 
     snf-tf train conditional_glow_mnist --out runs/cond_mnist
     snf-tf train small_selfnorm_glow_mnist --out runs/uncond_mnist
-    python benchmarks/conditional_study.py --pair mnist=runs/cond_mnist,runs/uncond_mnist \\
-        --out benchmarks/measured/conditional
+    python studies/conditional/conditional_study.py \\
+        --pair mnist=runs/cond_mnist,runs/uncond_mnist --out DIR
 
 For every pair: the test NLL at the best validation epoch of both runs (nats and bits/dim;
 conditional: −log p(x | y)), the conditional model's marginal −log p(x) = −log Σ_y p(y) p(x | y)
@@ -25,13 +25,7 @@ import time
 
 import numpy as np
 
-
-def _metrics(folder):
-    with open(os.path.join(folder, "metrics.json")) as f:
-        metrics = json.load(f)
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)["config"]
-    return metrics, config
+from snf_tf.experiments.run_folder import RunFolder
 
 
 def classify(model, dataset, seed=0):
@@ -102,14 +96,16 @@ def main(argv=None):
         rows = {}
         for label, folder in (("conditional", conditional_dir),
                               ("unconditional", unconditional_dir)):
-            metrics, config = _metrics(folder)
+            run = RunFolder(folder)
+            metrics, config = run.read_metrics(), run.read_config()["config"]
             best = metrics["best"]
             rows[label] = {"run": folder, "experiment": config["experiment"],
                            "epochs": len(metrics["epochs"]), "best_epoch": best["epoch"],
                            "test_nll": best["test_nll"], "test_bpd": best["test_bpd"],
                            "train_seconds": sum(e["train_seconds"] for e in metrics["epochs"])}
-        model = export.load_checkpoint(os.path.join(conditional_dir, "best.keras"))
-        dataset_name = _metrics(conditional_dir)[1]["dataset"]
+        conditional_run = RunFolder(conditional_dir)
+        model = export.load_checkpoint(conditional_run.checkpoint)
+        dataset_name = conditional_run.read_config()["config"]["dataset"]
         test = data.load(dataset_name, "test", 500, data_dir=args.data_dir, labels=True,
                          limit=args.examples)
         start = time.perf_counter()

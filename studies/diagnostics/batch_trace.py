@@ -5,7 +5,7 @@ norm of the training gradient on 100 fixed validation images (``grad_norm``), wr
 ``--layers N``, every N batches also each layer's mean exact log-det on 100 fixed validation
 images and its ‖RW − I‖_F (``"layers": {name: [log_det, error or null]}``, ``"base"``).
 
-    python benchmarks/batch_trace.py selfnorm_glow_mnist --epochs 2 --out DIR \\
+    python studies/diagnostics/batch_trace.py selfnorm_glow_mnist --epochs 2 --out DIR \\
         --set hidden_channels=64 [--layers 25]
 
 ``--resume`` continues the run in DIR to ``--epochs`` (as ``snf-tf train --resume``; give the
@@ -19,7 +19,8 @@ import sys
 
 import keras
 
-from snf_tf import experiments, training
+from snf_tf import experiments
+from snf_tf.experiments import training
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nll_by_layer import decompose  # noqa: E402

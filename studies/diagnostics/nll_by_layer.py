@@ -1,7 +1,7 @@
 """Where a run's exact NLL comes from: the base term and each layer's log-det, for the
 best-validation checkpoint and the last backed-up epoch of a ``snf-tf train`` run folder.
 
-    python benchmarks/nll_by_layer.py RUN_DIR [--split validation] [--examples 500]
+    python studies/diagnostics/nll_by_layer.py RUN_DIR [--split validation] [--examples 500]
 
 Prints the totals per layer kind and, for layers with a learned inverse, ‖RW − I‖_F; writes
 ``RUN_DIR/nll_by_layer.json``. One dequantization sample per image (as the reported NLL).
@@ -14,6 +14,7 @@ import os
 import tensorflow as tf
 
 from snf_tf import data, experiments, export
+from snf_tf.experiments.run_folder import AtomicBackupAndRestore, RunFolder
 
 
 def decompose(model, x):
@@ -36,12 +37,13 @@ def main(argv=None):
     parser.add_argument("--split", default="validation")
     parser.add_argument("--examples", type=int, default=500)
     args = parser.parse_args(argv)
-    cfg = json.load(open(os.path.join(args.run, "config.json")))["config"]
+    run = RunFolder(args.run)
+    cfg = run.read_config()["config"]
     x = next(iter(data.load(cfg["dataset"], args.split, args.examples)))
     last = experiments.build_model(cfg)
     last.log_prob(x[:2])
-    last.load_weights(os.path.join(args.run, "backup", "latest.weights.h5"))
-    states = {"best": export.load_checkpoint(os.path.join(args.run, "best.keras")), "last": last}
+    last.load_weights(os.path.join(run.backup, AtomicBackupAndRestore.WEIGHTS))
+    states = {"best": export.load_checkpoint(run.checkpoint), "last": last}
     report = {}
     for label, model in states.items():
         base, rows = decompose(model, x)
@@ -55,7 +57,7 @@ def main(argv=None):
         print(f"{label}: NLL {report[label]['nll']:.1f} = -(base {base:.1f} + log-dets "
               + ", ".join(f"{k} {v:.1f}" for k, v in kinds.items()) + ")"
               + (f"; largest ‖RW − I‖_F {max(errors):.4f}" if errors else ""))
-    with open(os.path.join(args.run, "nll_by_layer.json"), "w") as f:
+    with open(run.file("nll_by_layer.json"), "w") as f:
         json.dump({"split": args.split, "examples": args.examples, **report}, f, indent=1)
 
 

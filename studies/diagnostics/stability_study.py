@@ -1,14 +1,14 @@
 """SNF training stability over seeds: which runs collapsed, when, and what moved first.
 
-Each arm is a list of run folders of ``benchmarks/batch_trace.py`` (``metrics.json`` and
+Each arm is a list of run folders of ``studies/diagnostics/batch_trace.py`` (``metrics.json`` and
 ``trace.json``), one per seed. A run has *collapsed* in an epoch when its validation NLL rose by
 more than ``--jump`` (default 10 %, the default of ``snf-tf train``'s guard) over the previous
 epoch. For a collapsed run the trace gives the order in which things moved before it
 (:func:`trigger`): the training loss, ‖RW − I‖_F overall and per layer, the gradient norm, the
 layers' log-dets.
 
-    python benchmarks/stability_study.py --arm "reference=runs/ref_seed*" \\
-        --arm "clip=runs/clip_seed*" --out benchmarks/measured/stability_glow
+    python studies/diagnostics/stability_study.py --arm "reference=runs/ref_seed*" \\
+        --arm "clip=runs/clip_seed*" --out DIR
 
 Prints one table row per arm (collapses / runs, final validation NLL median and range) and one
 per run; writes ``OUT/study.json`` and ``OUT/study.png`` (validation NLL by epoch per arm, and the
@@ -22,15 +22,18 @@ import math
 import os
 import statistics
 
+from snf_tf.experiments.run_folder import RunFolder
+
 
 def _load(folder):
-    with open(os.path.join(folder, "metrics.json")) as f:
-        metrics = json.load(f)
-    trace_path = os.path.join(folder, "trace.json")
-    trace = json.load(open(trace_path)) if os.path.exists(trace_path) else []
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)["config"]
-    return metrics, trace, config
+    """``(metrics, trace, config)`` of a run folder; ``trace`` is ``[]`` if it was not traced."""
+    run = RunFolder(folder)
+    trace_path = run.file("trace.json")
+    trace = []
+    if os.path.exists(trace_path):
+        with open(trace_path) as f:
+            trace = json.load(f)
+    return run.read_metrics(), trace, run.read_config()["config"]
 
 
 def per_batch_losses(trace):
@@ -150,8 +153,7 @@ def main(argv=None):
         name, _, pattern = text.partition("=")
         pattern, _, epochs = pattern.partition("@")
         epochs = int(epochs) if epochs else None
-        folders = sorted(f for f in glob.glob(pattern)
-                         if os.path.exists(os.path.join(f, "metrics.json")))
+        folders = sorted(f for f in glob.glob(pattern) if RunFolder(f).has_run())
         if not folders:
             parser.error(f"--arm {name}: no run folders match {pattern!r}")
         results = [analyse(f, args.jump, epochs) for f in folders]

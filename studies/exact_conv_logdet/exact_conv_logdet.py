@@ -9,7 +9,7 @@ Three measurements, each variant timed round-robin (order alternated) with media
    log-det, beside the SNF Conv 9L step;
 3. the refresh of the exact log-dets before an evaluation (SNF Conv 9L, 9 layers).
 
-    python benchmarks/exact_conv_logdet.py [--rounds 15] [--out DIR]
+    python studies/exact_conv_logdet/exact_conv_logdet.py [--rounds 15] [--out DIR]
 """
 
 import argparse
@@ -29,6 +29,7 @@ from snf_tf import models  # noqa: E402
 from snf_tf.experiments.bench.timing import train_step_runner  # noqa: E402
 from snf_tf.ops import toeplitz  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = [(28, 28, 1), (14, 14, 4), (7, 7, 16)]
 
 
@@ -92,7 +93,8 @@ def _time(runners, rounds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--out", default="benchmarks/results/exact_conv_logdet")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"),
+                        help="output folder (default: results/ beside this script)")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype("uint8"))

@@ -5,8 +5,7 @@ Two ``snf-tf train geco_selfnorm_glow_mnist`` run folders (one with ``--set geco
     snf-tf train geco_selfnorm_glow_mnist --epochs 20 --no-guard --out runs/geco
     snf-tf train geco_selfnorm_glow_mnist --epochs 20 --no-guard --set geco_rate=null \\
         --out runs/fixed
-    python benchmarks/geco_table.py --arm geco=runs/geco --arm fixed=runs/fixed \\
-        --out benchmarks/measured/geco
+    python studies/geco/geco_table.py --arm geco=runs/geco --arm fixed=runs/fixed --out DIR
 
 Prints per arm the validation NLL, the test NLL at the best validation epoch, the largest
 ‖RW − I‖_F and λ (median and max over the SNF layers) at chosen epochs; writes ``OUT/geco.json``
@@ -19,13 +18,7 @@ import json
 import math
 import os
 
-
-def _load(folder):
-    with open(os.path.join(folder, "metrics.json")) as f:
-        metrics = json.load(f)
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)["config"]
-    return metrics, config
+from snf_tf.experiments.run_folder import RunFolder
 
 
 def arm_rows(metrics, config):
@@ -67,7 +60,8 @@ def main(argv=None):
     arms = {}
     for text in args.arm:
         name, _, folder = text.partition("=")
-        metrics, config = _load(folder)
+        run = RunFolder(folder)
+        metrics, config = run.read_metrics(), run.read_config()["config"]
         rows = arm_rows(metrics, config)
         arms[name] = {"run": folder, "geco_rate": config["geco_rate"], "seed": config["seed"],
                       "epochs": rows, "best": metrics.get("best"),

@@ -1,7 +1,7 @@
 """SNF Conv 9L training step with and without its 8 spline activations (the same convs, same
 preprocessing; batch 100 of MNIST-shaped images; Keras train function on an iterator, as fit).
 
-    python benchmarks/spline_share.py [--rounds 20] [--out DIR]
+    python studies/splines/spline_share.py [--rounds 20] [--out DIR]
 """
 
 import argparse
@@ -20,6 +20,8 @@ from snf_tf import layers as L  # noqa: E402
 from snf_tf import models  # noqa: E402
 from snf_tf.experiments.bench.timing import train_step_runner  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def _step(model, x):
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
@@ -31,7 +33,8 @@ def _step(model, x):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--out", default="benchmarks/results/spline_share")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"),
+                        help="output folder (default: results/ beside this script)")
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype("uint8"))

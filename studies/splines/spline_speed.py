@@ -7,7 +7,7 @@ CPU default): forward, Σ log-det, gradients w.r.t. the input and the three weig
 path with its XLA-fused kernels (default), our path with plain TensorFlow kernels, and TFP's
 bijector built from the same parameters are timed round-robin; medians and the ratio to TFP.
 
-    python benchmarks/spline_speed.py [--rounds 50] [--shape 28 28 1] [--out DIR]
+    python studies/splines/spline_speed.py [--rounds 50] [--shape 28 28 1] [--out DIR]
 """
 
 import argparse
@@ -24,13 +24,16 @@ import snf_tf  # noqa: E402,F401  (oneDNN switch before TensorFlow loads)
 from snf_tf.layers import SplineActivation  # noqa: E402
 from snf_tf.ops import spline as spline_ops  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--shape", type=int, nargs="+", default=[28, 28, 1])
-    parser.add_argument("--out", default="benchmarks/results/spline_speed")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"),
+                        help="output folder (default: results/ beside this script)")
     args = parser.parse_args(argv)
     layer = SplineActivation()
     layer.build((None, *args.shape))

@@ -11,9 +11,11 @@ that was interrupted is continued with ``--resume``. Then the per-epoch curves a
 ``OUT/reproduce_SUITE.json`` and ``.png``: validation NLL per epoch and against wall-clock time,
 test NLL at the best validation epoch, and the paper's number beside it.
 
-    python benchmarks/reproduce_mnist.py conv --epochs 5 --out benchmarks/measured/reproduce_conv
-    python benchmarks/reproduce_mnist.py glow --epochs 3 --set hidden_channels=64 \\
-        --out benchmarks/measured/reproduce_glow
+    python studies/table1/reproduce_mnist.py fc --epochs 30 --out DIR
+    python studies/table1/reproduce_mnist.py conv --epochs 5 --out DIR
+    python studies/table1/reproduce_mnist.py glow --epochs 2 --set hidden_channels=64 --out DIR
+
+Without ``--out`` the runs go to ``studies/table1/results/reproduce_SUITE/`` (not committed).
 """
 
 import argparse
@@ -27,6 +29,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from snf_tf.experiments.run_folder import RunFolder  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 SUITES = {
     "fc": ["selfnorm_fc_mnist", "exact_fc_mnist", "relative_fc_mnist"],
     "conv": ["selfnorm_cnn_mnist", "exact_cnn_mnist", "emerging_cnn_mnist",
@@ -43,11 +48,10 @@ def _median(values):
 def combine(out, suite, names):
     summary = {}
     for name in names:
-        path = os.path.join(out, name, "metrics.json")
-        if not os.path.exists(path):
+        run = RunFolder(os.path.join(out, name))
+        if not run.has_run():
             continue
-        with open(path) as f:
-            metrics = json.load(f)
+        metrics = run.read_metrics()
         epochs = metrics["epochs"]
         seconds = [e["epoch_seconds"] for e in epochs]
         best = metrics["best"] or {}
@@ -97,7 +101,7 @@ def main(argv=None):
     parser.add_argument("--combine-only", action="store_true",
                         help="only re-read the runs' metrics.json files and redraw")
     args = parser.parse_args(argv)
-    out = args.out or os.path.join("benchmarks", "results", f"reproduce_{args.suite}")
+    out = args.out or os.path.join(HERE, "results", f"reproduce_{args.suite}")
     names = args.only or SUITES[args.suite]
     os.makedirs(out, exist_ok=True)
     if not args.combine_only:
@@ -107,10 +111,10 @@ def main(argv=None):
                        str(args.epochs), "--seed", str(args.seed), "--out", run_dir, "--quiet"]
             for setting in args.set:
                 command += ["--set", setting]
-            if os.path.exists(os.path.join(run_dir, "metrics.json")):
-                with open(os.path.join(run_dir, "metrics.json")) as f:
-                    if json.load(f)["status"] == "finished":
-                        continue
+            status = RunFolder(run_dir).status()
+            if status == "finished":
+                continue
+            if status is not None:
                 command.append("--resume")
             subprocess.run(command, check=False)
     combine(out, args.suite, names)

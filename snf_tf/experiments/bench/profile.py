@@ -374,7 +374,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds (default 2)")
     parser.add_argument("--batch", type=int, default=100, help="batch size (default 100)")
-    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--out", default="results", help="output folder")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.batch < 1:
         parser.error("--rounds and --batch must be >= 1, --warmup >= 0")
@@ -407,11 +407,9 @@ def main(argv=None):
 
 
 def _onednn_on():
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # pragma: no cover
-        return None
+    from snf_tf import _environment
+
+    return _environment.onednn_enabled()
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ other variants. TF enables oneDNN by default only on CPUs with AVX-512; this scr
 
 Run (default run ≈ 5-15 min on a 2-core CPU):
 
-    snf-tf bench scaling              # or: python benchmarks/layer_scaling.py
+    snf-tf bench scaling
     snf-tf bench scaling --quick      # smoke test
 
-Writes ``layer_scaling.json`` and ``layer_scaling.png`` to ``--out`` (default benchmarks/results/).
+Writes ``layer_scaling.json`` and ``layer_scaling.png`` to ``--out`` (default results/).
 """
 
 import argparse
@@ -184,7 +184,7 @@ def main(argv=None):
     parser.add_argument("--jit", action="store_true", help="XLA for SNF and Dense (never exact)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: D in {256, 784}, conv 28x28x1, 5 steps")
-    parser.add_argument("--out", default="benchmarks/results", help="output directory")
+    parser.add_argument("--out", default="results", help="output directory")
     args = parser.parse_args(argv)
     dims, shapes = DENSE_DIMS, CONV_SHAPES
     if args.quick:

@@ -219,7 +219,7 @@ def main(argv=None):
                         help="test images for the eval ÷ forward ratio (0: skip; default 1000)")
     parser.add_argument("--eval-rounds", type=int, default=3,
                         help="rounds that also time evaluation and forward (default 3)")
-    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--out", default="results", help="output folder")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.eval_images < 0 or args.eval_rounds < 1:
         parser.error("--rounds and --eval-rounds must be >= 1, --warmup and --eval-images >= 0")
