@@ -17,12 +17,12 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster SNF steps on AVX2 
 
 import keras  # noqa: E402
 
-from snf_tf import callbacks, data, models  # noqa: E402
+from snf_tf import architectures, callbacks, data  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer", default="selfnorm", choices=models.CONV_LAYERS)
+    parser.add_argument("--layer", default="selfnorm", choices=architectures.CONV_LAYERS)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1 epoch, 2 000 / 1 000 images")
     parser.add_argument("--out", default="runs/conv_mnist")
@@ -36,7 +36,7 @@ def main(argv=None):
     val = data.load("mnist", "validation", 500, data_dir=args.data_dir, limit=eval_limit)
     test = data.load("mnist", "test", 500, data_dir=args.data_dir, limit=eval_limit)
 
-    model = models.conv_flow(args.layer, seed=0)
+    model = architectures.conv_flow(args.layer, seed=0)
     warmup = callbacks.LinearWarmup(1e-3, warmup_steps=10 * int(train.cardinality()))
     model.compile(optimizer=keras.optimizers.Adam(warmup))
     best = callbacks.BestValidationTest(test, os.path.join(args.out, "best.keras"))

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from snf_tf import data, export, models  # noqa: E402
+from snf_tf import architectures, data, export  # noqa: E402
 
 SERVE = textwrap.dedent("""
     import json, sys
@@ -57,7 +57,7 @@ def main(argv=None):
         model = export.load_checkpoint(args.checkpoint)
     else:
         keras.utils.set_random_seed(0)
-        model = models.fc_flow(seed=0)
+        model = architectures.fc_flow(seed=0)
         model.compile(optimizer=keras.optimizers.Adam(1e-4))
         model.fit(data.load("mnist", "train", 100, data_dir=args.data_dir, limit=2000),
                   epochs=1, verbose=2, shuffle=False)

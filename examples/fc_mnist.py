@@ -19,7 +19,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # faster SNF steps on AVX2 
 
 import keras  # noqa: E402
 
-from snf_tf import callbacks, data, models  # noqa: E402
+from snf_tf import architectures, callbacks, data  # noqa: E402
 
 
 def main(argv=None):
@@ -44,7 +44,7 @@ def main(argv=None):
     val = data.load("mnist", "validation", 500, data_dir=args.data_dir)
     test = data.load("mnist", "test", 500, data_dir=args.data_dir)
 
-    model = models.fc_flow(args.gradient, seed=args.seed)
+    model = architectures.fc_flow(args.gradient, seed=args.seed)
     steps = int(train.cardinality())
     schedule = callbacks.LinearWarmup(args.learning_rate, args.warmup_epochs * steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule))

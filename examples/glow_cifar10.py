@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from snf_tf import callbacks, data, models  # noqa: E402
+from snf_tf import architectures, callbacks, data  # noqa: E402
 
 
 def _random_cifar(self, split, **kwargs):
@@ -55,8 +55,8 @@ def main(argv=None):
         val = data.load("cifar10", "validation", 200, data_dir=args.data_dir, limit=eval_limit)
         test = data.load("cifar10", "test", 200, data_dir=args.data_dir, limit=eval_limit)
 
-    model = models.glow("selfnorm", num_blocks=3, steps_per_block=steps, hidden_channels=width,
-                        reconstruction_weight=1000.0, seed=0)
+    model = architectures.glow("selfnorm", num_blocks=3, steps_per_block=steps,
+                               hidden_channels=width, reconstruction_weight=1000.0, seed=0)
     warmup = callbacks.LinearWarmup(1e-3, warmup_steps=10 * int(train.cardinality()))
     model.compile(optimizer=keras.optimizers.Adam(warmup, global_clipnorm=10_000.0))
     best = callbacks.BestValidationTest(test, os.path.join(args.out, "best.keras"))

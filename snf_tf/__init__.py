@@ -3,9 +3,9 @@
 The library: flow layers (:mod:`snf_tf.layers`, math in :mod:`snf_tf.ops`), ``FlowModel``
 (:mod:`snf_tf.model`), TFP views (:mod:`snf_tf.bijectors`), SavedModel export
 (:mod:`snf_tf.export`), tfds pipelines (:mod:`snf_tf.data`), Keras callbacks
-(:mod:`snf_tf.callbacks`) and the paper's architectures (:mod:`snf_tf.models`). The paper's lab —
-named experiments, run folders, the collapse guard, the ``snf-tf`` command and benchmarks — is
-:mod:`snf_tf.experiments`, which the library never imports.
+(:mod:`snf_tf.callbacks`) and the paper's architectures (:mod:`snf_tf.architectures`). The
+paper's lab — named experiments, run folders, the collapse guard, the ``snf-tf`` command and
+benchmarks — is :mod:`snf_tf.experiments`, which the library never imports.
 
 ``import snf_tf`` registers every class a ``.keras`` file of the package can hold (the flow
 layers, ``FlowModel``, ``ConditionalNormal``, the ``LinearWarmup`` schedule) with Keras, through
@@ -28,16 +28,16 @@ _environment.prefer_onednn()  # before TensorFlow loads (see snf_tf._environment
 
 __version__ = "0.2.0"
 
-_SUBMODULES = ("bijectors", "callbacks", "checks", "context", "data", "experiments", "export",
-               "images", "layers", "model", "models", "ops",
-               "training")  # training: moved to snf_tf.experiments, an alias until 0.3
+_SUBMODULES = ("architectures", "bijectors", "callbacks", "checks", "context", "data",
+               "experiments", "export", "images", "layers", "model", "ops",
+               "models", "training")  # aliases of moved modules until 0.3
 _NAMES = {"FlowLayer": "snf_tf.layers", "SelfNormConv2D": "snf_tf.layers",
           "SelfNormDense": "snf_tf.layers", "FlowModel": "snf_tf.model",
           "ConditionalNormal": "snf_tf.model"}
 
 __all__ = ["ConditionalNormal", "FlowLayer", "FlowModel", "SelfNormConv2D", "SelfNormDense",
-           "bijectors", "callbacks", "checks", "context", "data", "experiments", "export",
-           "images", "layers", "models", "ops", "register_serializables", "__version__"]
+           "architectures", "bijectors", "callbacks", "checks", "context", "data", "experiments",
+           "export", "images", "layers", "ops", "register_serializables", "__version__"]
 
 #: the modules whose classes a ``.keras`` file of the package can name
 _SERIALIZABLE_MODULES = ("snf_tf.layers", "snf_tf.model", "snf_tf.callbacks")

@@ -52,7 +52,7 @@ from snf_tf import context as conditioning
 from snf_tf._compat import BijectorCache, ChainBase, TransformedDistributionBase
 from snf_tf.checks import check_temperature
 from snf_tf.layers.base import FlowLayer
-from snf_tf.layers.coupling import RealNVPCoupling
+from snf_tf.layers.realnvp import RealNVPCoupling
 
 tfb = tfp.bijectors
 tfd = tfp.distributions

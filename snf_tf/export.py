@@ -48,9 +48,9 @@ Design decisions (documented contract of the exported endpoints):
   a wrong shape ("log_prob: x must have shape [batch, 28, 28, 1], got [2, 28, 28, 3]"; a
   missing batch axis says so), an empty batch, NaN or inf in ``x`` / ``z``
   (``tf.debugging.check_numerics``), ``n < 1``; and for models that start with the image
-  preprocessing (``model.data_range``, ``[0, 256)`` for every ``snf_tf.models`` builder) values
-  outside the pixel range (with the batch's min and max) and batches of images scaled to
-  [0, 1] (the unit-scale rule of ``FlowModel``; left out of the graph when the model is
+  preprocessing (``model.data_range``, ``[0, 256)`` for every ``snf_tf.architectures``
+  builder) values outside the pixel range (with the batch's min and max) and batches of images
+  scaled to [0, 1] (the unit-scale rule of ``FlowModel``; left out of the graph when the model is
   exported with ``model.check_unit_scaled = False``). Flows on other data take any finite
   values.
 - **inverse(z)** has no randomness: the halves that ``SplitPrior`` layers factored out are set to
@@ -132,7 +132,11 @@ def sample(model, n, seed, temperature=1.0, context=None):
 
 
 def frozen_log_dets(model):
-    """``model.frozen_log_dets()`` (kept for callers of earlier versions)."""
+    """Deprecated (goes in 0.3): use ``model.frozen_log_dets()``."""
+    import warnings
+
+    warnings.warn("snf_tf.export.frozen_log_dets(model) goes in 0.3; use "
+                  "model.frozen_log_dets()", DeprecationWarning, stacklevel=2)
     return model.frozen_log_dets()
 
 

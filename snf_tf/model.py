@@ -183,7 +183,7 @@ class FlowModel(keras.Model):
     @property
     def data_range(self) -> tuple[float, float] | None:
         """``(low, high)``: the model takes data in ``[low, high)`` — ``(0.0, 256.0)`` for a
-        model that starts with the image preprocessing (every ``snf_tf.models`` builder; see
+        model that starts with the image preprocessing (every ``snf_tf.architectures`` builder; see
         :func:`snf_tf.layers.preprocess.pixel_range`); None: any finite values."""
         return pixel_range(self.flow_layers)
 

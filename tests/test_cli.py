@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from snf_tf import experiments, models
+from snf_tf import architectures, experiments
 from snf_tf.experiments import cli, training
 
 pytestmark = pytest.mark.slow  # CLI runs: one training epoch of every experiment, resume, export
@@ -31,7 +31,7 @@ def _our_lines(stderr):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = models.fc_flow(seed=1)
+    model = architectures.fc_flow(seed=1)
     model.log_prob(np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype("uint8"))
     path = tmp_path_factory.mktemp("ckpt") / "fc.keras"
     model.save(path)

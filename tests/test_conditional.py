@@ -1,5 +1,5 @@
 """Conditional flows p(x | y): FlowModel(num_classes= | context_dim=), the conditional base, and
-models.glow(num_classes=): the likelihood against an independent computation, where a context
+architectures.glow(num_classes=): the likelihood against an independent computation, where a context
 acts, fit / save / load with labels, and bad contexts."""
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snf_tf import ConditionalNormal, FlowModel, models
+from snf_tf import ConditionalNormal, FlowModel, architectures
 from snf_tf import layers as L
 
 
@@ -22,7 +22,7 @@ def _labels(n=8, seed=0, k=10):
 
 
 def _small_glow(**kwargs):
-    return models.glow(steps_per_block=1, hidden_channels=8, seed=0, **kwargs)
+    return architectures.glow(steps_per_block=1, hidden_channels=8, seed=0, **kwargs)
 
 
 def _perturbed(model, x, y, scale=0.05, seed=3):
@@ -97,7 +97,7 @@ def test_the_label_acts_exactly_where_it_should():
 
 def test_only_the_base_can_be_conditional():
     x, y = _images(3), _labels(3)
-    flow = models.preprocessing(seed=0) + [L.Squeeze(), L.ActNorm(), L.SelfNormConv2D(1),
+    flow = architectures.preprocessing(seed=0) + [L.Squeeze(), L.ActNorm(), L.SelfNormConv2D(1),
                                            L.AffineCoupling(8)]
     model = _perturbed(FlowModel(flow, num_classes=10), x, y)
     z2, _ = model.forward(x, noise=False, context=[2, 2, 2])
@@ -340,8 +340,8 @@ def test_class_log_probs_and_generative_classification():
         _small_glow().class_log_probs(x)
 
 
-@pytest.mark.parametrize("build", [lambda: models.fc_flow(num_classes=10, seed=0),
-                                   lambda: models.conv_flow(num_blocks=2, convs_per_block=1,
+@pytest.mark.parametrize("build", [lambda: architectures.fc_flow(num_classes=10, seed=0),
+                                   lambda: architectures.conv_flow(num_blocks=2, convs_per_block=1,
                                                             num_classes=10, seed=0)])
 def test_fc_and_conv_flows_are_conditional_through_their_base(build):
     x, y = _images(3), _labels(3)

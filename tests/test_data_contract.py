@@ -1,8 +1,8 @@
 """One data contract for the Python API and the exported SavedModel (issue 27, item 6).
 
 A model that starts with the image preprocessing (``Dequantize``/``Normalize``/``Logit``, as every
-``snf_tf.models`` builder) takes pixel values in [0, 256): out-of-range values and images scaled
-to [0, 1] are refused with a message naming the range; flows on other data take any finite
+``snf_tf.architectures`` builder) takes pixel values in [0, 256): out-of-range values and images
+scaled to [0, 1] are refused with a message naming the range; flows on other data take any finite
 values. A missing batch axis is named as such; a temperature is a finite number > 0. The
 SavedModel endpoints check the same in their graph, with the same words.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snf_tf import FlowModel, export, models
+from snf_tf import FlowModel, architectures, export
 from snf_tf import layers as L
 from snf_tf.layers.preprocess import pixel_domain
 from snf_tf.model import check_temperature
@@ -30,7 +30,7 @@ def _pixels(n=4, seed=0):
 
 @pytest.fixture(scope="module")
 def image_model():
-    model = models.fc_flow(num_layers=1, seed=1)
+    model = architectures.fc_flow(num_layers=1, seed=1)
     model.log_prob(_pixels())
     return model
 
@@ -45,7 +45,7 @@ def dense_model():
 # -- the declared range ---------------------------------------------------------------------------
 def test_image_models_declare_the_pixel_range_and_other_flows_none(image_model, dense_model):
     assert image_model.data_range == (0.0, 256.0)
-    for build in (models.conv_flow, models.glow):
+    for build in (architectures.conv_flow, architectures.glow):
         assert build().data_range == (0.0, 256.0)
     # Normalize(0, 256) before the logit declares it, with or without Dequantize in front
     assert FlowModel([L.Normalize(0.0, 256.0), L.Logit()]).data_range == (0.0, 256.0)
@@ -103,7 +103,7 @@ def test_images_scaled_to_unit_range_are_refused(image_model):
 
 
 def test_the_unit_range_rule_spares_small_batches_and_can_be_switched_off(image_model):
-    tiny = FlowModel(models.preprocessing(seed=0) + [L.Flatten(), L.SelfNormDense()])
+    tiny = FlowModel(architectures.preprocessing(seed=0) + [L.Flatten(), L.SelfNormDense()])
     dark = np.full((3, 2, 2, 1), 0.5, "float32")  # 12 values: too few to tell
     assert np.all(np.isfinite(tiny.log_prob(dark)))
     scaled = _pixels() / 255.0
@@ -278,7 +278,7 @@ def test_a_layer_that_samples_on_inverse_refuses_a_negative_temperature():
 
 
 def test_a_served_conditional_model_checks_the_shape_of_its_labels(tmp_path):
-    model = models.fc_flow(num_layers=1, num_classes=3, seed=1)
+    model = architectures.fc_flow(num_layers=1, num_classes=3, seed=1)
     model.log_prob(_pixels(), context=[0, 1, 2, 0])
     sm = tf.saved_model.load(export.export_saved_model(model, str(tmp_path / "conditional")))
     y = np.array([0, 1, 2, 0], np.int32)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from snf_tf import FlowModel, export, layers, models
+from snf_tf import FlowModel, architectures, export, layers
 
 SHAPE = (8, 8, 1)
 
@@ -23,11 +23,11 @@ def _images(n=32, seed=0):
 
 def _small(name):
     if name == "fc":
-        return models.fc_flow(seed=1)
+        return architectures.fc_flow(seed=1)
     if name == "conv":
-        return models.conv_flow(num_blocks=2, convs_per_block=1, seed=1)
+        return architectures.conv_flow(num_blocks=2, convs_per_block=1, seed=1)
     if name == "glow":
-        return models.glow(steps_per_block=1, hidden_channels=8, seed=1)
+        return architectures.glow(steps_per_block=1, hidden_channels=8, seed=1)
     raise ValueError(name)
 
 
@@ -86,7 +86,7 @@ def _seed_generators(model):
 
 
 def test_checkpoint_keeps_the_dequantization_noise_state(tmp_path):
-    model = models.fc_flow(seed=1)
+    model = architectures.fc_flow(seed=1)
     model.log_prob(_images(4))
     model.log_prob(_images(4))
     model.save(tmp_path / "fc.keras")
@@ -305,7 +305,7 @@ def test_sampling_from_the_checkpoint_and_its_saved_model_agree_with_two_split_p
     """One walk of the layers (FlowModel.sample) serves both: same seed, same images, whatever
     the number of SplitPriors (here two: three Glow blocks on 8×8)."""
     keras.utils.set_random_seed(3)
-    model = models.glow(num_blocks=3, steps_per_block=1, hidden_channels=4, seed=1)
+    model = architectures.glow(num_blocks=3, steps_per_block=1, hidden_channels=4, seed=1)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.fit(_images(16), batch_size=8, epochs=1, verbose=0)
     assert sum(layer.samples_on_inverse for layer in model.flow_layers) == 2

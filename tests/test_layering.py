@@ -14,11 +14,11 @@ FLOORS = {
     "layers": 2,
     "data": 3, "callbacks": 3, "bijectors": 3,
     "model": 4,
-    "models": 5, "export": 5,
+    "architectures": 5, "export": 5,
     # the lab: every module of the subpackage snf_tf.experiments
     "experiments": 6,
     # old paths of moved lab modules (aliases until 0.3)
-    "training": 7, "bench": 8, "cli": 8, "__main__": 9,
+    "models": 5, "training": 7, "bench": 8, "cli": 8, "__main__": 9,
 }
 #: the library: what users build flows from; it imports nothing from the lab
 LIBRARY = {unit for unit, floor in FLOORS.items() if floor < FLOORS["experiments"]}

@@ -146,8 +146,9 @@ def checkpoints(trained, tmp_path_factory):
     conditional = tmp_path_factory.mktemp("conditional") / "conditional.keras"
     code = (
         "import numpy as np, keras\n"
-        "from snf_tf import callbacks, models\n"
-        "m = models.glow(num_blocks=2, steps_per_block=1, hidden_channels=4, num_classes=3)\n"
+        "from snf_tf import architectures, callbacks\n"
+        "m = architectures.glow(num_blocks=2, steps_per_block=1, hidden_channels=4,\n"
+        "                       num_classes=3)\n"
         "m.compile(optimizer=keras.optimizers.Adam(callbacks.LinearWarmup(1e-3, 10)))\n"
         "x = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1)).astype('float32')\n"
         "m.fit(x, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)\n"

@@ -38,7 +38,7 @@ class Experiment:
     name: str
     description: str
     dataset: str
-    model: str                      # a builder of snf_tf.models, or "single_layer"
+    model: str                      # a builder of snf_tf.architectures, or "single_layer"
     model_kwargs: types.MappingProxyType
     paper: str                      # what the paper reports, in words
     paper_value: float = None       # the same number (nats for MNIST, bits/dim otherwise)
@@ -253,9 +253,9 @@ def _model_arguments(cfg):
 
     if cfg["model"] == "single_layer":
         return {"layer", "dimension", "gradient"}
-    from snf_tf import models
+    from snf_tf import architectures
 
-    parameters = inspect.signature(getattr(models, cfg["model"])).parameters
+    parameters = inspect.signature(getattr(architectures, cfg["model"])).parameters
     return set(parameters) - {"seed", "name"}
 
 
@@ -305,13 +305,14 @@ def _check(cfg):
 
 def build_model(cfg):
     """The (unbuilt) ``FlowModel`` of a config."""
-    from snf_tf import models
+    from snf_tf import architectures
 
     kwargs = dict(cfg["model_kwargs"])
     if cfg["model"] == "single_layer":
         return _single_layer(seed=cfg["seed"], **kwargs)
     try:
-        return getattr(models, cfg["model"])(seed=cfg["seed"], name=cfg["experiment"], **kwargs)
+        builder = getattr(architectures, cfg["model"])
+        return builder(seed=cfg["seed"], name=cfg["experiment"], **kwargs)
     except TypeError as error:  # a model argument of the wrong kind
         raise ValueError(f"{cfg['experiment']}: bad model arguments {kwargs}: {error}") from None
 

@@ -3,10 +3,10 @@
 from snf_tf.layers.activations import LearnableLeakyReLU, SmoothLeakyReLU, SplineActivation
 from snf_tf.layers.base import FlowLayer, NonFiniteError
 from snf_tf.layers.convexp import ConvExponential
-from snf_tf.layers.coupling import RealNVPCoupling
 from snf_tf.layers.emerging import EmergingConv2D
 from snf_tf.layers.glow import ActNorm, AffineCoupling, Conv1x1, SplitPrior
 from snf_tf.layers.preprocess import Dequantize, Logit, Normalize
+from snf_tf.layers.realnvp import RealNVPCoupling
 from snf_tf.layers.reshape import Flatten, Reshape, Squeeze
 from snf_tf.layers.selfnorm import SelfNormConv2D, SelfNormDense
 

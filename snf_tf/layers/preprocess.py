@@ -211,7 +211,7 @@ def pixel_range(flow_layers) -> tuple[float, float] | None:
     layers (the noise stays within one quantization bin) — followed, through further
     ``Normalize`` layers only (the logit pre-scaling), by a ``Logit``: the data must then lie in
     ``[t, t + s)``, the values the first ``Normalize`` maps onto ``[0, 1)`` (``[0, 256)`` for
-    :func:`snf_tf.models.preprocessing`). Without the ``Logit`` an affine ``Normalize`` is a
+    :func:`snf_tf.architectures.preprocessing`). Without the ``Logit`` an affine ``Normalize`` is a
     standardisation and declares nothing. See :func:`pixel_domain` for the margin.
     """
     normalizes = _leading_normalizes(flow_layers)

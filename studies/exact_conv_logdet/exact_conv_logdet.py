@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import snf_tf  # noqa: E402  (oneDNN switch before TensorFlow loads)
-from snf_tf import models  # noqa: E402
+from snf_tf import architectures  # noqa: E402
 from snf_tf.experiments.bench.timing import train_step_runner  # noqa: E402
 from snf_tf.ops import toeplitz  # noqa: E402
 
@@ -63,7 +63,7 @@ def _log_det_runner(shape, backward):
 
 
 def _train_runner(layer, x):
-    model = models.conv_flow(layer)
+    model = architectures.conv_flow(layer)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), jit_compile=False)
     model.build((None, 28, 28, 1))
     model.log_prob(x[:2])
@@ -71,7 +71,7 @@ def _train_runner(layer, x):
 
 
 def _refresh_runner(x):
-    model = models.conv_flow("selfnorm")
+    model = architectures.conv_flow("selfnorm")
     model.build((None, 28, 28, 1))
     model.log_prob(x[:2])
     return lambda: [float(v) for v in [layer.refresh_log_det() for layer in model.flow_layers

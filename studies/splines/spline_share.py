@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import snf_tf  # noqa: E402  (oneDNN switch before TensorFlow loads)
+from snf_tf import architectures  # noqa: E402
 from snf_tf import layers as L  # noqa: E402
-from snf_tf import models  # noqa: E402
 from snf_tf.experiments.bench.timing import train_step_runner  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,8 +38,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype("uint8"))
-    full = models.conv_flow("selfnorm")
-    bare = snf_tf.FlowModel([layer for layer in models.conv_flow("selfnorm").flow_layers
+    full = architectures.conv_flow("selfnorm")
+    bare = snf_tf.FlowModel([layer for layer in architectures.conv_flow("selfnorm").flow_layers
                              if not isinstance(layer, L.SplineActivation)])
     steps = {"with splines": _step(full, x), "without splines": _step(bare, x)}
     for run in steps.values():

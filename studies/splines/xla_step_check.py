@@ -19,8 +19,8 @@ def main(argv=None):
     import tensorflow as tf
 
     import snf_tf
+    from snf_tf import architectures
     from snf_tf import layers as L
-    from snf_tf import models
     from snf_tf.experiments.bench.timing import train_step_runner
 
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (100, 28, 28, 1)).astype("uint8"))
@@ -32,14 +32,14 @@ def main(argv=None):
         return train_step_runner(model, x)
 
     variants = {
-        "snf conv jit": lambda: mk(models.conv_flow("selfnorm"), True),
+        "snf conv jit": lambda: mk(architectures.conv_flow("selfnorm"), True),
         "snf conv no splines jit": lambda: mk(snf_tf.FlowModel(
-            [layer for layer in models.conv_flow("selfnorm").flow_layers
+            [layer for layer in architectures.conv_flow("selfnorm").flow_layers
              if not isinstance(layer, L.SplineActivation)]), True),
         "preproc+1 spline jit": lambda: mk(
-            snf_tf.FlowModel(models.preprocessing() + [L.SplineActivation()]), True),
+            snf_tf.FlowModel(architectures.preprocessing() + [L.SplineActivation()]), True),
         "preproc+1 spline nojit": lambda: mk(
-            snf_tf.FlowModel(models.preprocessing() + [L.SplineActivation()]), False),
+            snf_tf.FlowModel(architectures.preprocessing() + [L.SplineActivation()]), False),
     }
     for name, make in variants.items():
         run = make()

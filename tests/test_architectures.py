@@ -1,11 +1,11 @@
-"""snf_tf.models: the paper's architectures, and the exact likelihood against NumPy."""
+"""snf_tf.architectures: the paper's architectures, and the exact likelihood against NumPy."""
 
 
 import numpy as np
 import pytest
 
+from snf_tf import architectures
 from snf_tf import layers as L
-from snf_tf import models
 from snf_tf.model import FlowModel
 
 ALPHA = 1e-6
@@ -36,7 +36,7 @@ def _numpy_fc_log_prob(model, x_dequantized):
 
 @pytest.mark.parametrize("gradient", ["self_normalized", "exact", "relative"])
 def test_fc_flow_exact_log_prob_equals_numpy(gradient):
-    model = models.fc_flow(gradient)
+    model = architectures.fc_flow(gradient)
     x = _mnist_like()
     model.log_prob(x)
     rng = np.random.default_rng(1)
@@ -49,7 +49,7 @@ def test_fc_flow_exact_log_prob_equals_numpy(gradient):
 
 
 def test_conv_flow_structure():
-    model = models.conv_flow()
+    model = architectures.conv_flow()
     model.log_prob(_mnist_like(2))
     kinds = [type(layer).__name__ for layer in model.flow_layers[4:]]
     assert kinds.count("SelfNormConv2D") == 9 and kinds.count("SplineActivation") == 8
@@ -58,10 +58,10 @@ def test_conv_flow_structure():
 
 
 def test_glow_structure_mnist_and_cifar():
-    mnist = models.glow(steps_per_block=2, hidden_channels=8)
+    mnist = architectures.glow(steps_per_block=2, hidden_channels=8)
     mnist.log_prob(_mnist_like(2))
     assert mnist.latent_shape == (7, 7, 8)  # 1×28² → 4×14² → split 2 → 8×7²
-    cifar = models.glow(num_blocks=3, steps_per_block=1, hidden_channels=8,
+    cifar = architectures.glow(num_blocks=3, steps_per_block=1, hidden_channels=8,
                         reconstruction_weight=1000.0)
     cifar.log_prob(np.zeros((1, 32, 32, 3), np.uint8))
     assert cifar.latent_shape == (4, 4, 48)  # 12×16² → 6 → 24×8² → 12 → 48×4²
@@ -70,7 +70,7 @@ def test_glow_structure_mnist_and_cifar():
 
 
 def test_glow_per_block_steps_and_widths():
-    model = models.glow(steps_per_block=[1, 3], hidden_channels=[8, 12])
+    model = architectures.glow(steps_per_block=[1, 3], hidden_channels=[8, 12])
     model.log_prob(_mnist_like(2))
     flow = model.flow_layers
     squeezes = [i for i, layer in enumerate(flow) if isinstance(layer, L.Squeeze)]
@@ -81,19 +81,19 @@ def test_glow_per_block_steps_and_widths():
     assert split.hidden_channels == 8  # the first block's width unless given
     assert model.latent_shape == (7, 7, 8)
     with pytest.raises(ValueError, match="steps_per_block has 1 entries for 2 blocks"):
-        models.glow(steps_per_block=[4])
+        architectures.glow(steps_per_block=[4])
     with pytest.raises(ValueError, match="hidden_channels has 3 entries"):
-        models.glow(hidden_channels=[8, 8, 8])
+        architectures.glow(hidden_channels=[8, 8, 8])
 
 
 @pytest.mark.parametrize("build", [
-    lambda: models.fc_flow("relative"),
-    lambda: models.conv_flow("selfnorm", num_blocks=2, convs_per_block=1),
-    lambda: models.conv_flow("exact", num_blocks=2, convs_per_block=1),
-    lambda: models.conv_flow("emerging", num_blocks=2, convs_per_block=1),
-    lambda: models.conv_flow("exponential", num_blocks=2, convs_per_block=1),
-    lambda: models.glow("exact", steps_per_block=1, hidden_channels=8),
-    lambda: models.glow("selfnorm", steps_per_block=1, hidden_channels=8, kernel_size=5),
+    lambda: architectures.fc_flow("relative"),
+    lambda: architectures.conv_flow("selfnorm", num_blocks=2, convs_per_block=1),
+    lambda: architectures.conv_flow("exact", num_blocks=2, convs_per_block=1),
+    lambda: architectures.conv_flow("emerging", num_blocks=2, convs_per_block=1),
+    lambda: architectures.conv_flow("exponential", num_blocks=2, convs_per_block=1),
+    lambda: architectures.glow("exact", steps_per_block=1, hidden_channels=8),
+    lambda: architectures.glow("selfnorm", steps_per_block=1, hidden_channels=8, kernel_size=5),
 ])
 @pytest.mark.slow
 def test_each_architecture_trains_one_step_and_evaluates(build):
@@ -109,8 +109,8 @@ def test_each_architecture_trains_one_step_and_evaluates(build):
 
 def test_bad_choices():
     with pytest.raises(ValueError, match="gradient"):
-        models.fc_flow("approximate")
+        architectures.fc_flow("approximate")
     with pytest.raises(ValueError, match="layer"):
-        models.conv_flow("dense")
+        architectures.conv_flow("dense")
     with pytest.raises(ValueError, match="1×1"):
-        models.glow("exact", kernel_size=3)
+        architectures.glow("exact", kernel_size=3)
