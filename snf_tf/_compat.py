@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover
     TransformedDistributionBase = tfp.distributions.TransformedDistribution
 
 __all__ = ["BijectorCache", "ChainBase", "TransformedDistributionBase", "in_xla_context",
-           "mkl_enabled", "outside_keras_call"]
+           "learning_rate_schedule", "mkl_enabled", "outside_keras_call"]
 
 
 def in_xla_context() -> bool:
@@ -58,3 +58,14 @@ def mkl_enabled() -> bool | None:
     except ImportError:  # pragma: no cover
         return None
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def learning_rate_schedule(optimizer):
+    """The ``LearningRateSchedule`` object a Keras optimizer was given, or None for a float rate.
+    ``optimizer.learning_rate`` answers with the schedule's current value, not the object, and no
+    public attribute holds it (Keras keeps it in ``_learning_rate``)."""
+    import keras
+
+    schedule = getattr(optimizer, "_learning_rate", None)
+    return schedule if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) \
+        else None

@@ -286,21 +286,10 @@ def _check(cfg):
     for key in ("augment", "guard"):
         if not isinstance(cfg[key], bool):
             raise ValueError(f"{name}: {key} must be true or false, got {cfg[key]!r}")
-    for key in ("guard_val_jump", "guard_inverse_error", "guard_lr_factor"):
-        value = cfg[key]
-        if value is None and key != "guard_lr_factor":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not np.isfinite(value) or value <= 0 or (key == "guard_lr_factor" and value > 1):
-            what = "a number in (0, 1]" if key == "guard_lr_factor" else "a positive number or null"
-            raise ValueError(f"{name}: {key} must be {what}, got {value!r}")
-    value = cfg["guard_lambda_factor"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not np.isfinite(value) or value < 1:
-        raise ValueError(f"{name}: guard_lambda_factor must be a number >= 1, got {value!r}")
-    value = cfg["guard_max_rollbacks"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name}: guard_max_rollbacks must be an integer >= 0, got {value!r}")
+    from snf_tf.experiments.guard import check_settings
+
+    check_settings(name, "guard_", **{key: cfg[f"guard_{key}"] for key in (
+        "val_jump", "inverse_error", "lr_factor", "max_rollbacks", "lambda_factor")})
 
 
 def build_model(cfg):

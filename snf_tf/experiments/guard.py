@@ -12,7 +12,36 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["CollapseGuard"]
+from snf_tf._compat import learning_rate_schedule
+from snf_tf.model import FlowModel
+
+__all__ = ["CollapseGuard", "check_settings"]
+
+
+def _number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and \
+        math.isfinite(value)
+
+
+def check_settings(owner, prefix="", *, val_jump, inverse_error, lr_factor, max_rollbacks,
+                   lambda_factor):
+    """The one check of the guard's settings (``CollapseGuard`` and the configs of
+    :mod:`snf_tf.experiments.configs`, where they are named ``guard_<name>``): ``ValueError``
+    ``"<owner>: <prefix><name> must be ..."``."""
+    for name, value in (("val_jump", val_jump), ("inverse_error", inverse_error)):
+        if value is not None and not (_number(value) and value > 0):
+            raise ValueError(f"{owner}: {prefix}{name} must be a positive number or null "
+                             f"(None), got {value!r}")
+    if not (_number(lr_factor) and 0 < lr_factor <= 1):
+        raise ValueError(f"{owner}: {prefix}lr_factor must be a number in (0, 1], got "
+                         f"{lr_factor!r}")
+    if not (_number(lambda_factor) and lambda_factor >= 1):
+        raise ValueError(f"{owner}: {prefix}lambda_factor must be a number >= 1, got "
+                         f"{lambda_factor!r}")
+    if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or \
+            max_rollbacks < 0:
+        raise ValueError(f"{owner}: {prefix}max_rollbacks must be an integer >= 0, got "
+                         f"{max_rollbacks!r}")
 
 
 class CollapseGuard(keras.callbacks.Callback):
@@ -48,21 +77,10 @@ class CollapseGuard(keras.callbacks.Callback):
                  monitor="val_nll", rollbacks=0, reference=None, verbose=True,
                  lambda_factor=10.0):
         super().__init__()
-        if isinstance(lambda_factor, bool) or not isinstance(lambda_factor, (int, float)) or \
-                not (math.isfinite(lambda_factor) and lambda_factor >= 1):
-            raise ValueError(f"CollapseGuard: lambda_factor must be a number >= 1, got "
-                             f"{lambda_factor!r}.")
+        check_settings("CollapseGuard", val_jump=val_jump, inverse_error=inverse_error,
+                       lr_factor=lr_factor, max_rollbacks=max_rollbacks,
+                       lambda_factor=lambda_factor)
         self.lambda_factor = float(lambda_factor)
-        for name, value in (("val_jump", val_jump), ("inverse_error", inverse_error)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"CollapseGuard: {name} must be a positive number or None, "
-                                 f"got {value!r}.")
-        if not (0 < lr_factor <= 1):
-            raise ValueError(f"CollapseGuard: lr_factor must be in (0, 1], got {lr_factor!r}.")
-        if isinstance(max_rollbacks, bool) or not isinstance(max_rollbacks, int) or \
-                max_rollbacks < 0:
-            raise ValueError(f"CollapseGuard: max_rollbacks must be an integer >= 0, got "
-                             f"{max_rollbacks!r}.")
         self.val_jump, self.inverse_error = val_jump, inverse_error
         self.lr_factor, self.max_rollbacks, self.monitor = float(lr_factor), max_rollbacks, monitor
         self.rollbacks, self.reference, self.verbose = int(rollbacks), reference, verbose
@@ -85,8 +103,8 @@ class CollapseGuard(keras.callbacks.Callback):
             variable.assign(value)
 
     def _reconstruction_weights(self):
-        return [layer.reconstruction_weight for layer in getattr(self.model, "flow_layers", [])
-                if getattr(layer, "uses_reconstruction", False)]
+        return [layer.reconstruction_weight for layer in self.model.flow_layers
+                if layer.uses_reconstruction]
 
     def _raise_lambda(self, before):
         """λ of every SNF layer ← ``lambda_factor`` × the larger of its value before the restore
@@ -96,16 +114,18 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def _lower_learning_rate(self):
         optimizer = self.model.optimizer
-        schedule = getattr(optimizer, "_learning_rate", None)
-        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        schedule = learning_rate_schedule(optimizer)
+        if schedule is not None:
             schedule.scale.assign(schedule.scale * self.lr_factor)
         else:
             optimizer.learning_rate = float(optimizer.learning_rate) * self.lr_factor
 
     def on_train_begin(self, logs=None):
-        schedule = getattr(self.model.optimizer, "_learning_rate", None)
-        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and \
-                not isinstance(getattr(schedule, "scale", None), tf.Variable):
+        if not isinstance(self.model, FlowModel):
+            raise ValueError(f"CollapseGuard: guards a snf_tf.FlowModel, got "
+                             f"{type(self.model).__name__}")
+        schedule = learning_rate_schedule(self.model.optimizer)
+        if schedule is not None and not isinstance(getattr(schedule, "scale", None), tf.Variable):
             raise ValueError("CollapseGuard: the optimizer's learning-rate schedule has no "
                              "`scale` variable to lower; use snf_tf.callbacks.LinearWarmup or "
                              "a float learning rate.")
@@ -149,8 +169,7 @@ class CollapseGuard(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         measured = {key: float(np.asarray(logs[key])) for key in ("loss", self.monitor, "val_bpd")
                     if key in logs}
-        errors = self.model.inverse_errors() if self.inverse_error is not None and \
-            hasattr(self.model, "inverse_errors") else {}
+        errors = self.model.inverse_errors() if self.inverse_error is not None else {}
         if errors:
             measured["inverse_error_max"] = max(errors.values())
         reason = self._collapse(measured, errors)
