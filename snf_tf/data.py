@@ -20,6 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 
+from snf_tf.checks import check_positive_int
+
 __all__ = ["DATASETS", "IMAGE_SHAPES", "SPLITS", "default_data_dir", "load"]
 
 SPLITS = {
@@ -44,8 +46,7 @@ def default_data_dir(path=None):
 
 def _first(split, n):
     """The first ``n`` examples of a tfds split string ``base`` or ``base[a:b]``."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"limit must be a positive int, got {n!r}.")
+    n = check_positive_int(n, "limit", "data.load")
     match = re.fullmatch(r"(\w+)(?:\[(\d*):(\d*)\])?", split)
     if match is None:
         raise ValueError(f"cannot take the first {n} examples of split {split!r}.")
@@ -92,8 +93,7 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
     """
     if name not in SPLITS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    batch_size = check_positive_int(batch_size, "batch_size", "data.load")
     tfds_split = SPLITS[name].get(split, split)
     if limit is not None:
         tfds_split = _first(tfds_split, limit)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from snf_tf._compat import in_xla_context
+from snf_tf.checks import check_positive_int
 from snf_tf.layers.base import FlowLayer, orthogonal_1x1_init, warn_if_singular
 from snf_tf.ops import selfnorm as sn_ops
 from snf_tf.ops import toeplitz
@@ -340,10 +341,8 @@ class SelfNormDense(_SelfNormLayer):
                  reconstruction="default", **kwargs):
         super().__init__(gradient=gradient, reconstruction_weight=reconstruction_weight,
                          reconstruction=reconstruction, **kwargs)
-        if units is not None and (isinstance(units, bool)
-                                  or not isinstance(units, (int, np.integer)) or units < 1):
-            raise ValueError(f"SelfNormDense: units must be a positive int or None, got {units!r}.")
-        self.units = None if units is None else int(units)
+        self.units = None if units is None else check_positive_int(units, "units",
+                                                                   "SelfNormDense")
 
     def _build_for_shape(self, event_shape):
         dim = event_shape[0]
