@@ -1,11 +1,12 @@
 """Process settings that must be made before TensorFlow is imported.
 
 TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` once, when it loads, and turns oneDNN on by itself
-only on AVX-512 CPUs; on AVX2 CPUs oneDNN makes the SNF conv and dense steps 1.5-3× faster
-(``snf-tf bench scaling``). ``snf_tf/__init__`` calls :func:`prefer_onednn` before anything
-imports TensorFlow, so the console script, ``python -m snf_tf``, the examples and user code that
-imports ``snf_tf`` first get it; ``TF_ENABLE_ONEDNN_OPTS=0`` opts out, and a process that
-imported TensorFlow before ``snf_tf`` keeps TensorFlow's own choice.
+only on AVX-512 CPUs; on AVX2 CPUs oneDNN makes the SNF conv and dense steps faster
+(docs/install.md, "oneDNN on x86-64"; ``snf-tf bench scaling`` measures it).
+``snf_tf/__init__`` calls :func:`prefer_onednn` before anything imports TensorFlow, so the
+console script, ``python -m snf_tf``, the examples and user code that imports ``snf_tf`` first
+get it; ``TF_ENABLE_ONEDNN_OPTS=0`` opts out, and a process that imported TensorFlow before
+``snf_tf`` keeps TensorFlow's own choice.
 
 TensorFlow also writes a few C++ lines while it loads, before absl reads
 ``TF_CPP_MIN_LOG_LEVEL`` (no CUDA driver, oneDNN on, absl's preamble);

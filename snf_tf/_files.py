@@ -81,7 +81,8 @@ def atomic_path(path, suffix=""):
 
 def is_partial_file(name):
     """Whether ``name`` is a temporary file that a killed :func:`atomic_path` write left (or an
-    earlier version's ``tmpXXXX.keras`` / ``*.json.tmp``)."""
+    a ``tmpXXXX.keras`` / ``*.json.tmp``, the temporary names of older run folders, so those
+    leftovers are cleaned up too)."""
     return (name.startswith(".") and ".partial" in name) or \
         (name.startswith("tmp") and name.endswith(".keras")) or name.endswith(".json.tmp")
 

@@ -96,8 +96,8 @@ class Geco(keras.callbacks.Callback):
             # float64 like the Python floats of the eager update it replaces; NaN: none seen yet
             self._emas = [tf.Variable(math.nan, dtype=tf.float64, trainable=False)
                           for _ in layers]
-        # one traced call per batch: 0.75 ms against 4 ms for four eager ops and a host read
-        # per layer (the 8 SNF convs of geco_selfnorm_glow_mnist, 2 busy CPU cores)
+        # one traced call per batch: eager ops in on_train_batch_end run synchronously after
+        # every step, four ops and a host read per layer (RESULTS.md, "Table A.5 analogue")
         self._update = tf.function(self._update_weights, autograph=False)
 
     def _update_weights(self):

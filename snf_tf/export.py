@@ -32,9 +32,9 @@ Design decisions (documented contract of the exported endpoints):
   value on the data scale ``[0, 256)^D``, and ``log_prob`` is the deterministic density of the flow
   at that point. **For integer images use** ``dequantized_log_prob(x, seed)``, the reference's
   one-sample dequantized estimate: a flow trained on dequantized data has no meaningful density
-  at the integers themselves. Measured on our MNIST checkpoints (RESULTS.md), ``log_prob`` of
-  integer validation images gives 2.4e16 nats (SNF Glow) and −2774 nats (SNF conv) where the
-  dequantized estimate gives 867 and 964. (Inside Python ``FlowModel.log_prob`` adds the noise of
+  at the integers themselves: on our MNIST checkpoints ``log_prob`` of integer validation
+  images is absurd where the dequantized estimate is not (RESULTS.md, "Likelihoods at integer
+  pixels are meaningless"). (Inside Python ``FlowModel.log_prob`` adds the noise of
   ``Dequantize(always=True)``; :func:`log_prob` here is the exported, noise-free computation.)
 - **Exact log-dets are frozen in**: the endpoints are traced inside ``model.frozen_log_dets()``
   (every cache refreshed, then read as it is — also for ``gradient="exact"`` layers): the

@@ -405,7 +405,7 @@ class FlowModel(keras.Model):
         config = super().get_config()
         config["flow_layers"] = [keras.saving.serialize_keras_object(layer)
                                  for layer in self.flow_layers]
-        if self.conditional:  # absent for unconditional models, as in files of earlier versions
+        if self.conditional:  # absent for unconditional models, so files without it load as such
             config.update(num_classes=self.num_classes, context_dim=self.context_dim,
                           conditional_base=self.conditional_base)
         return config

@@ -176,8 +176,9 @@ class SplineActivation(FlowLayer):
     implicit boundary slopes 1 — the same parametrisation) it equals TFP's
     ``RationalQuadraticSpline`` (:meth:`as_tfp_bijector`; tested to 1e-10 in float64), but runs
     through :mod:`snf_tf.ops.spline`: one parameter table per step, bins by comparisons, a
-    closed-form gradient and XLA-fused kernels in traced functions (3-4× faster than TFP's
-    bijector on CPU, forward + backward).
+    closed-form gradient and XLA-fused kernels in traced functions, because TFP's bijector
+    dominated the conv flows' training step (RESULTS.md, "Whole-model speed: the spline
+    activations").
 
     Weights (shape = per-example input shape + bins, initialised ``randn · 0.01``):
     ``unnormalized_widths`` [..., K], ``unnormalized_heights`` [..., K],

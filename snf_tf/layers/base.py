@@ -261,7 +261,8 @@ class FlowLayer(keras.layers.Layer):
             generator.state.assign(store[key])
 
     def _load_variables(self, store):
-        """Hook: map the variables of files written by earlier versions (see SelfNorm layers)."""
+        """Hook: map variables saved in another layout onto this layer's, so such files still
+        load (see SelfNorm layers)."""
         super().load_own_variables(store)
 
     # -- argument checks ---------------------------------------------------------------------------

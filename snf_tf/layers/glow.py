@@ -178,7 +178,8 @@ class Conv1x1(_NHWCLayer):
                                       initializer=orthogonal_1x1_init)
 
     def _load_variables(self, store):
-        """Emerging and ConvExp files written before 0.2 hold their 1×1 kernel as [C, C]."""
+        """Accept a 1×1 kernel stored as [C, C] (the layout of older Emerging and ConvExp
+        files), so those files still load."""
         if len(store.keys()) == 1 and len(np.shape(store["0"])) == 2:
             store = {"0": np.asarray(store["0"])[None, None]}
         super()._load_variables(store)
@@ -311,7 +312,7 @@ class AffineCoupling(_NHWCLayer):
     def get_config(self):
         config = super().get_config()
         config.update(hidden_channels=self.hidden_channels)
-        if self.context_dim is not None:  # absent for unconditional layers, as in older files
+        if self.context_dim is not None:  # absent for unconditional layers: files without it load
             config.update(context_dim=self.context_dim)
         return config
 

@@ -142,8 +142,8 @@ class _SelfNormLayer(FlowLayer):
         )
 
     def _load_variables(self, store):
-        """Files written before 0.2 stored a copy of the kernel (``log_det_kernel``) where the
-        fingerprint is now: the cache stays valid exactly when that copy equals the kernel."""
+        """Load files that hold a copy of the kernel (``log_det_kernel``) in the fingerprint's
+        place: the cache stays valid exactly when that copy equals the kernel."""
         names = [v.name for v in self.variables]
         last = str(len(names) - 1)
         if len(store.keys()) == len(names) and tuple(np.shape(store[last])) == tuple(

@@ -73,8 +73,9 @@ def _recon_input_grad(err, finite, weight, upstream):
 
 
 def _matmul_transposed(a, b):
-    """``a @ bᵀ`` for a batch ``a`` [N, D] and a square ``b``: computed as ``(b @ aᵀ)ᵀ``, which TF's
-    default (Eigen) CPU kernels run 2-3× faster than ``transpose_b=True`` at D ≥ 1024."""
+    """``a @ bᵀ`` for a batch ``a`` [N, D] and a square ``b``: computed as ``(b @ aᵀ)ᵀ``, because
+    TF's default (Eigen) CPU kernels are slow with ``transpose_b=True`` at large D (docs/traps.md,
+    "Further traps handled in the code")."""
     return tf.transpose(tf.matmul(b, a, transpose_b=True))
 
 

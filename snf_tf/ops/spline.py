@@ -223,7 +223,8 @@ _compiled = {}
 def _compiled_or_plain(fn):
     """``fn`` itself eagerly (no compile per new shape) or when XLA kernels are off; else ``fn``
     compiled with XLA, which fuses the bin search, the gathers and the ≈ 60 elementwise ops into
-    a few loops (on CPU 2-4× faster than TensorFlow running them op by op; measured)."""
+    a few loops instead of running them op by op (RESULTS.md, "Whole-model speed: the spline
+    activations")."""
     if not _XLA["enabled"] or tf.executing_eagerly():
         return fn
     if fn not in _compiled:

@@ -41,8 +41,9 @@ def conv_log_abs_det(kernel, positions, taps, size):
 
     ``T`` is banded — rows and columns of pixels farther apart than the kernel reaches do not meet,
     ``|row − col| ≤ (p·W + p)·C + C − 1`` — so the determinant is taken by banded LU
-    (:func:`snf_tf.ops.linalg.banded_log_abs_det`), 2–4× faster than a dense ``slogdet`` at 784
-    dimensions with the same value and gradient.
+    (:func:`snf_tf.ops.linalg.banded_log_abs_det`): the same value and gradient as a dense
+    ``slogdet`` at a fraction of its cost, which grows with the band, not with D³ (RESULTS.md,
+    "Whole-model speed: the exact conv log-det by banded LU").
     """
     bandwidth = int(np.max(np.abs(positions[:, 0] - positions[:, 1]))) if len(positions) else 0
     return banded_log_abs_det(conv_toeplitz(kernel, positions, taps, size), bandwidth)

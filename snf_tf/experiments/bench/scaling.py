@@ -17,8 +17,9 @@ round-robin (one step of each per round, order rotated each round) so that machi
 of them alike; each step ends with ``loss.numpy()``, so a time includes completion. Medians are
 reported. The exact variant never uses XLA (``slogdet`` has no XLA kernel); ``--jit`` compiles the
 other variants. TF enables oneDNN by default only on CPUs with AVX-512; this script turns it on
-(``TF_ENABLE_ONEDNN_OPTS=1`` unless set) because it makes the SNF steps 1.5-3× faster on AVX2 CPUs
-(convs most); run with ``TF_ENABLE_ONEDNN_OPTS=0`` for TF's default kernels. The JSON records it.
+(``TF_ENABLE_ONEDNN_OPTS=1`` unless set) because it makes the SNF steps faster on AVX2 CPUs
+(convs most; docs/install.md, "oneDNN on x86-64"); run with ``TF_ENABLE_ONEDNN_OPTS=0`` for
+TF's default kernels. The JSON records it.
 
 Run (default run ≈ 5-15 min on a 2-core CPU):
 

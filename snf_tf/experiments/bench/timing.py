@@ -7,8 +7,8 @@ What is measured, per model (the reference configs of :mod:`snf_tf.experiments`,
   training step (forward, backward, reconstruction loss, Adam update) through the model's
   compiled train function on a dataset iterator, exactly as ``fit`` runs it (``--jit`` chooses
   XLA for the whole step; by default the experiment's ``jit_compile``, which Keras turns off on
-  a CPU-only machine). Until 2026-12 this used ``train_on_batch``, which adds 10-20 ms of Keras
-  data-adapter work per call on this CPU;
+  a CPU-only machine). Not ``train_on_batch``: it adds Keras data-adapter work to every call,
+  which ``fit`` does not pay;
 * **ms/sample** — one sample (n = 1) through the learned inverse (or the only inverse), in a
   ``tf.function``;
 * **eval ÷ forward** (``--eval-images N``, default 1000) — an exact evaluation over N images
