@@ -88,6 +88,8 @@ CASES = [
     Case("LearnableLeakyReLU", lambda: L.LearnableLeakyReLU(alpha=0.7, dtype="float64"), (3, 3, 2)),
     Case("RealNVPCoupling", lambda: RealNVPCoupling((8,), reverse=True, dtype="float64"), (6,),
          perturb=0.1),
+    Case("RealNVPCoupling-unreversed", lambda: RealNVPCoupling((8,), dtype="float64"), (6,),
+         perturb=0.1),
     Case("RealNVPCoupling-conditional",
          lambda: RealNVPCoupling((8,), reverse=True, context_dim=4, dtype="float64"), (6,),
          perturb=0.1, context_dim=4),
@@ -228,6 +230,39 @@ def test_every_trainable_weight_gets_a_gradient(case, mode):
         assert g is not None, f"{w.path} gets no gradient"
         g = tf.convert_to_tensor(g).numpy()
         assert np.all(np.isfinite(g)) and np.any(g != 0), f"{w.path}: {g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_the_same_tensor_after_a_weight_change_gives_the_new_values(case):
+    """Eagerly, one ``tf.Tensor`` object twice with the weights changed in between: the second
+    call gives the values and gradients of the new weights — those of a fresh copy of the layer
+    with the same weights on a fresh copy of the tensor (TFP's bijector cache keys on the input
+    tensor and must never answer with old weights)."""
+    layer = _built(case)
+    if not layer.trainable_weights:
+        pytest.skip("no weights to change")
+    x = tf.constant(_inputs(case, 4, seed=5))
+    c = _ctx(case, x)
+
+    def values_and_gradients(flow, inputs):
+        with tf.GradientTape() as tape:
+            z, log_det = flow.forward(inputs, exact=True, **c)
+            loss = nll(z, log_det)
+        return z.numpy(), log_det.numpy(), tape.gradient(loss, flow.trainable_weights)
+
+    values_and_gradients(layer, x)
+    perturb(layer, 0.05, seed=7)
+    z, log_det, grads = values_and_gradients(layer, x)
+    fresh = case.make()
+    fresh.forward(tf.constant(x.numpy()), training=True, **c)  # build (and data-dependent init)
+    fresh.set_weights(layer.get_weights())
+    z_ref, log_det_ref, grads_ref = values_and_gradients(fresh, tf.constant(x.numpy()))
+    np.testing.assert_allclose(z, z_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(log_det, log_det_ref, rtol=1e-10, atol=1e-12)
+    for w, g, g_ref in zip(layer.trainable_weights, grads, grads_ref):
+        assert g is not None, f"{w.path} gets no gradient on the second call"
+        np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(g_ref),
+                                   rtol=1e-8, atol=1e-12, err_msg=w.path)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

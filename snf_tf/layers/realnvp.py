@@ -25,8 +25,8 @@ class RealNVPCoupling(FlowLayer):
 
     Dense inputs ``[batch, D]``: the first ``num_masked`` features condition an affine map of the
     rest. Normalizing direction (layer ``forward``) = the bijector's ``inverse``; log-det = its
-    ``inverse_log_det_jacobian``. A new ``tfb.RealNVP`` is made per call (TFP's cache then cannot
-    return values computed with old weights).
+    ``inverse_log_det_jacobian``. A new ``tfb.RealNVP`` with a new network function is made per
+    call, so TFP's cache never returns values computed with old weights.
 
     Conditional (``context_dim`` given): the network sees ``[x_masked, context]`` — TFP's own
     convention, ``conditional_input`` passed through the bijector to ``shift_and_log_scale_fn``.
@@ -77,8 +77,13 @@ class RealNVPCoupling(FlowLayer):
         return shift, tf.tanh(log_scale)
 
     def _real_nvp(self):
-        return tfb.RealNVP(num_masked=self.num_masked,
-                           shift_and_log_scale_fn=self._shift_and_log_scale)
+        # A new function object per bijector: TFP's cache keys on the input tensor and the
+        # bijector's parameters, and a bound method compares equal across calls, so the same
+        # tensor after a weight change would get the values computed with the old weights.
+        def shift_and_log_scale(x, output_units, **kwargs):
+            return self._shift_and_log_scale(x, output_units, **kwargs)
+
+        return tfb.RealNVP(num_masked=self.num_masked, shift_and_log_scale_fn=shift_and_log_scale)
 
     def bijector(self):
         """A fresh stock bijector (generative direction) reading this layer's weights: the
