@@ -43,9 +43,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     WEIGHTS, METADATA = "latest.weights.h5", "training_metadata.json"
 
     @classmethod
-    def _read(cls, folder):
+    def _read(cls, folder, verify=True):
         """The epoch of the backup in ``folder``, None if there is none; ``DamagedBackup`` (one
-        line naming the file) if its files cannot be read whole."""
+        line naming the file) if its files cannot be read whole (``verify=False``: the weights
+        are not read, only the metadata)."""
         metadata, weights = (os.path.join(folder, cls.METADATA), os.path.join(folder, cls.WEIGHTS))
         if not (os.path.isfile(metadata) and os.path.isfile(weights)):
             return None
@@ -56,6 +57,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             cause = "it is empty" if os.path.getsize(metadata) == 0 else \
                 f"{type(error).__name__}: {error}"
             raise DamagedBackup(f"the backup file {metadata} is damaged ({cause})") from None
+        if not verify:
+            return epoch
         import h5py
 
         try:  # every array read whole: a truncated file fails here, not in the middle of fit
@@ -68,14 +71,15 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         return epoch
 
     @classmethod
-    def saved_epoch(cls, backup_dir):
+    def saved_epoch(cls, backup_dir, verify=True):
         """The number of finished epochs in the backup at ``backup_dir`` (None: no backup).
         ``DamagedBackup`` in one line if it cannot be read, offering ``backup_dir.old`` (the
-        epoch before) when that one is intact."""
+        epoch before) when that one is intact. ``verify=False`` reads the metadata only, not
+        every array of the weights (for a backup verified before)."""
         backup_dir = os.fspath(backup_dir)
         old = backup_dir + ".old"
         try:
-            epoch = cls._read(backup_dir)
+            epoch = cls._read(backup_dir, verify)
         except DamagedBackup as error:
             try:
                 earlier = cls._read(old)
@@ -89,7 +93,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             raise DamagedBackup(f"{error}; no intact backup is left to resume from: train "
                                 "into another --out (best.keras, the best validation epoch, "
                                 "is a separate file)") from None
-        return epoch if epoch is not None else cls._read(old)
+        return epoch if epoch is not None else cls._read(old, verify)
 
     def on_train_begin(self, logs=None):
         old = self.backup_dir + ".old"
@@ -241,20 +245,22 @@ class RunFolder:
     def write_metrics(self, payload):
         write_json(self.file(self.METRICS), payload)
 
-    def status(self):
+    def status(self, metrics=None):
         """``metrics.json``'s ``"status"`` (``running``, ``finished``, ``diverged``,
         ``collapsed``, ``interrupted``), except that a run recorded as running whose process is
-        gone (killed: its lock is free) is ``"interrupted"``; None without a run."""
+        gone (killed: its lock is free) is ``"interrupted"``; None without a run. ``metrics``:
+        the payload of ``metrics.json`` when it has been read already."""
         if not self.has_run():
             return None
-        status = self.read_metrics().get("status")
+        status = (self.read_metrics() if metrics is None else metrics).get("status")
         if status == "running" and not RunLock.held(self.path):
             return "interrupted"
         return status
 
-    def saved_epoch(self):
-        """Finished epochs in the backup (None: none); ``DamagedBackup`` if it is damaged."""
-        return AtomicBackupAndRestore.saved_epoch(self.backup)
+    def saved_epoch(self, verify=True):
+        """Finished epochs in the backup (None: none); ``DamagedBackup`` if it is damaged
+        (``verify=False``: only its metadata is read)."""
+        return AtomicBackupAndRestore.saved_epoch(self.backup, verify)
 
     def lock(self):
         """A :class:`RunLock` on the folder, taken (``ValueError`` if another process has it)."""

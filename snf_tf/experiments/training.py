@@ -426,9 +426,9 @@ def prepare(name, out, *, resume=False, data_dir=None, **overrides):
     if resume and os.path.exists(folder.file(RunFolder.CONFIG)):
         cfg = _resumed_config(name, folder.read_config()["config"], overrides, out)
         if folder.has_run():
-            history = [e for e in folder.read_metrics().get("epochs", [])
-                       if e["epoch"] <= start_epoch]
-            status = folder.status()
+            metrics = folder.read_metrics()
+            history = [e for e in metrics.get("epochs", []) if e["epoch"] <= start_epoch]
+            status = folder.status(metrics)
     if start_epoch >= cfg["epochs"] and status == "finished":
         raise ValueError(f"the run in {out} already finished {start_epoch} epochs; pass a larger "
                          "--epochs to continue it")
@@ -438,8 +438,10 @@ def prepare(name, out, *, resume=False, data_dir=None, **overrides):
         raise ValueError(f"{name}: the training split has no batch (steps per epoch: {steps})")
     model = _build_checked(cfg, splits)
     lock = folder.lock()
-    try:  # under the lock: the folder may have changed since the checks above
-        epoch = folder.saved_epoch()
+    # under the lock: the folder may have changed since the checks above, which also read every
+    # array of the backup; whether it changed shows in its metadata
+    try:
+        epoch = folder.saved_epoch(verify=False)
         if (epoch or 0) != start_epoch or (not resume and folder.has_run()):
             raise ValueError(f"{out} changed while the run was being prepared; try again")
         folder.remove_partial_files()  # what killed writes left behind
