@@ -16,10 +16,19 @@ from snf_tf.model import FlowModel
 __all__ = ["preprocessing", "fc_flow", "conv_flow", "glow", "CONV_LAYERS"]
 
 
-def preprocessing(alpha=1e-6, seed=None):
+def preprocessing(alpha=1e-6, seed=None, dtype=None):
     """Dequantize → /256 → (x + α)(1 − 2α) → logit, as flow layers."""
-    return [L.Dequantize(always=True, seed=seed), L.Normalize(0.0, 256.0),
-            L.Normalize.logit_prescaling(alpha), L.Logit()]
+    kw = _dtype(dtype)
+    return [L.Dequantize(always=True, seed=seed, **kw), L.Normalize(0.0, 256.0, **kw),
+            L.Normalize.logit_prescaling(alpha, **kw), L.Logit(**kw)]
+
+
+def _dtype(dtype):
+    """The keyword every layer and the model of a builder get: ``dtype`` (a dtype or a policy
+    such as ``"mixed_bfloat16"``) or nothing, so the global Keras policy applies. Under a mixed
+    policy the flow stays float32 and the coupling networks compute in half precision
+    (:attr:`snf_tf.layers.FlowLayer.network_dtype`)."""
+    return {} if dtype is None else {"dtype": dtype}
 
 
 def _per_block(value, num_blocks, what):
@@ -38,62 +47,66 @@ def _check_choice(value, choices, what):
 
 
 def fc_flow(gradient="self_normalized", num_layers=2, alpha=0.3, reconstruction_weight=None,
-            num_classes=None, seed=None, name="fc_flow"):
+            num_classes=None, seed=None, name="fc_flow", dtype=None):
     """FC flow of Table 1: Flatten, then ``num_layers`` square dense layers with Smooth Leaky ReLU
     (α = 0.3) between them. ``gradient``: ``"self_normalized"`` (SNF FC, λ = 1), ``"exact"`` (Exact
     Gradient FC) or ``"relative"`` (Relative Grad. FC, Gresele et al. 2020). ``num_classes``: a
     class-conditional variant whose base is the learned N(μ(y), σ(y)²) (the layers have no
-    networks to condition: x → z is the same map for every class)."""
+    networks to condition: x → z is the same map for every class). ``dtype``: a dtype or Keras
+    policy for every layer and the model (None: the global policy)."""
     _check_choice(gradient, ("self_normalized", "exact", "relative"), "gradient")
     num_layers = check_positive_int(num_layers, "num_layers", "fc_flow")
     if reconstruction_weight is None:
         reconstruction_weight = 1.0 if gradient == "self_normalized" else 0.0
-    flow = preprocessing(seed=seed) + [L.Flatten()]
+    kw = _dtype(dtype)
+    flow = preprocessing(seed=seed, dtype=dtype) + [L.Flatten(**kw)]
     for i in range(num_layers):
         if i:
-            flow.append(L.SmoothLeakyReLU(alpha))
-        flow.append(L.SelfNormDense(gradient=gradient, reconstruction_weight=reconstruction_weight))
-    return FlowModel(flow, num_classes=num_classes, name=name)
+            flow.append(L.SmoothLeakyReLU(alpha, **kw))
+        flow.append(L.SelfNormDense(gradient=gradient, reconstruction_weight=reconstruction_weight,
+                                    **kw))
+    return FlowModel(flow, num_classes=num_classes, name=name, **kw)
 
 
 CONV_LAYERS = ("selfnorm", "exact", "emerging", "exponential")
 
 
-def _conv_layer(kind, reconstruction_weight):
+def _conv_layer(kind, reconstruction_weight, kw):
     if kind == "selfnorm":
-        return L.SelfNormConv2D(3, reconstruction_weight=reconstruction_weight)
+        return L.SelfNormConv2D(3, reconstruction_weight=reconstruction_weight, **kw)
     if kind == "exact":
-        return L.SelfNormConv2D(3, gradient="exact", reconstruction_weight=0.0)
+        return L.SelfNormConv2D(3, gradient="exact", reconstruction_weight=0.0, **kw)
     if kind == "emerging":
-        return L.EmergingConv2D()
-    return L.ConvExponential()
+        return L.EmergingConv2D(**kw)
+    return L.ConvExponential(**kw)
 
 
 def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_weight=1.0,
-              num_classes=None, seed=None, name="conv_flow"):
+              num_classes=None, seed=None, name="conv_flow", dtype=None):
     """Conv flow of Table 1: ``num_blocks`` blocks of ``convs_per_block`` C→C 3×3 flow convs with a
     per-element spline activation after every conv but the last, and a Squeeze between blocks
     (MNIST: 1×28² → 4×14² → 16×7²). ``layer``: ``"selfnorm"`` (SNF Conv), ``"exact"`` (Exact
     Gradient Conv), ``"emerging"`` (Hoogeboom et al. 2019) or ``"exponential"`` (Conv. Exponential,
     Hoogeboom et al. 2020). ``num_classes``: class-conditional through the learned base only, as
-    :func:`fc_flow`."""
+    :func:`fc_flow`; ``dtype`` as in :func:`fc_flow`."""
     _check_choice(layer, CONV_LAYERS, "layer")
     num_blocks = check_positive_int(num_blocks, "num_blocks", "conv_flow")
     convs_per_block = check_positive_int(convs_per_block, "convs_per_block", "conv_flow")
-    flow = preprocessing(seed=seed)
+    kw = _dtype(dtype)
+    flow = preprocessing(seed=seed, dtype=dtype)
     total = num_blocks * convs_per_block
     for i in range(total):
         if i and i % convs_per_block == 0:
-            flow.append(L.Squeeze())
-        flow.append(_conv_layer(layer, reconstruction_weight))
+            flow.append(L.Squeeze(**kw))
+        flow.append(_conv_layer(layer, reconstruction_weight, kw))
         if i < total - 1:
-            flow.append(L.SplineActivation())
-    return FlowModel(flow, num_classes=num_classes, name=name)
+            flow.append(L.SplineActivation(**kw))
+    return FlowModel(flow, num_classes=num_classes, name=name, **kw)
 
 
 def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512, kernel_size=1,
          reconstruction_weight=100.0, split_hidden_channels=None, num_classes=None,
-         context_dim=None, seed=None, name="glow"):
+         context_dim=None, seed=None, name="glow", dtype=None):
     """Glow of Table 1 / Table 2: per block a Squeeze, then ``steps_per_block`` steps
     [ActNorm, invertible conv, affine coupling], and a SplitPrior after every block but the last.
 
@@ -109,6 +122,9 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     vectors) makes every coupling and SplitPrior conditional (a learned embedding of y added in
     their networks) and the base a learned ``N(μ(y), σ(y)²)``; the linear layers (SNF or exact
     1×1 convs) and ActNorm do not see y.
+
+    ``dtype`` as in :func:`fc_flow`: under ``"mixed_bfloat16"`` / ``"mixed_float16"`` the
+    couplings' networks (most of a Glow step's work) compute in half precision.
     """
     _check_choice(conv, ("selfnorm", "exact"), "conv")
     if conv == "exact" and kernel_size != 1:
@@ -122,14 +138,15 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
         raise ValueError("glow: give num_classes (integer labels) or context_dim (real vectors), "
                          "not both.")
     width = num_classes or context_dim
-    flow = preprocessing(seed=seed)
+    kw = _dtype(dtype)
+    flow = preprocessing(seed=seed, dtype=dtype)
     for block in range(num_blocks):
-        flow.append(L.Squeeze())
+        flow.append(L.Squeeze(**kw))
         for _ in range(steps[block]):
-            flow.append(L.ActNorm())
-            flow.append(L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight)
-                        if conv == "selfnorm" else L.Conv1x1())
-            flow.append(L.AffineCoupling(widths[block], context_dim=width))
+            flow.append(L.ActNorm(**kw))
+            flow.append(L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight,
+                                         **kw) if conv == "selfnorm" else L.Conv1x1(**kw))
+            flow.append(L.AffineCoupling(widths[block], context_dim=width, **kw))
         if block < num_blocks - 1:
-            flow.append(L.SplitPrior(split_hidden_channels, context_dim=width))
-    return FlowModel(flow, num_classes=num_classes, context_dim=context_dim, name=name)
+            flow.append(L.SplitPrior(split_hidden_channels, context_dim=width, **kw))
+    return FlowModel(flow, num_classes=num_classes, context_dim=context_dim, name=name, **kw)

@@ -106,6 +106,14 @@ class FlowModel(keras.Model):
             keras.metrics.Mean(name=name) for name in ("loss", "nll", "recon", "bpd"))
 
     @property
+    def compute_dtype(self):
+        """The dtype of the likelihood: the variable dtype. Under a mixed policy
+        (``mixed_bfloat16``, ``mixed_float16``) x, z, every log-det, the base density and the
+        NLL stay float32; only the layers' sub-networks compute in half precision
+        (:attr:`snf_tf.layers.FlowLayer.network_dtype`)."""
+        return self.variable_dtype
+
+    @property
     def conditional(self) -> bool:
         """Whether the model is ``p(x | context)`` (``num_classes`` or ``context_dim`` given)."""
         return self.num_classes is not None or self.context_dim is not None
@@ -210,7 +218,7 @@ class FlowModel(keras.Model):
         self.latent_shape = tuple(int(d) for d in shape[1:])
         if self.conditional and self.conditional_base and self.base is None:
             self.base = ConditionalNormal(self.latent_shape, self.num_classes or self.context_dim,
-                                          dtype=self.dtype_policy, name="conditional_base")
+                                          dtype=self.variable_dtype, name="conditional_base")
         self.built = True
 
     @property
@@ -349,6 +357,9 @@ class FlowModel(keras.Model):
             # tf.distribute sums replica gradients: scale so the update is the global-batch mean.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = loss / replicas if replicas > 1 else loss
+            # mixed_float16: compile() wraps the optimizer in Keras's LossScaleOptimizer, which
+            # scales here and unscales (skipping non-finite steps) in apply()
+            scaled = self.optimizer.scale_loss(scaled)
         weights = self.trainable_weights
         self.optimizer.apply(tape.gradient(scaled, weights), weights)
         self.loss_tracker.update_state(loss)

@@ -17,8 +17,9 @@ from snf_tf.context import check_layer_context
 
 # NonFiniteError, check_batch_values, check_positive_int, check_temperature (snf_tf.checks) and
 # in_xla_context (snf_tf._compat) keep this module as an import path too.
-__all__ = ["FlowLayer", "NonFiniteError", "check_batch_values", "check_event_shape",
-           "check_float_policy", "check_positive_int", "check_temperature", "draw",
+__all__ = ["HALF_DTYPES", "SUPPORTED_DTYPES", "FlowLayer", "NonFiniteError",
+           "check_batch_values", "check_event_shape", "check_float_policy",
+           "check_positive_int", "check_temperature", "draw",
            "in_xla_context", "orthogonal_1x1_init", "sum_per_example", "warn_if_singular"]
 
 _NHWC = "NHWC: [batch, height, width, channels]"
@@ -28,9 +29,12 @@ Tensor = tf.Tensor | np.ndarray | list
 #: a seed by the package's one scheme (:func:`draw`)
 Seed = int | tuple[int, int] | tf.Tensor | keras.random.SeedGenerator | None
 
-#: dtypes flow layers compute in: log-dets (slogdet, QR, sums of logs over D terms) and exact
-#: inverses lose too much in half precision, and TF has no float16/bfloat16 slogdet kernel.
+#: dtypes of a flow layer's weights and data path (x, z, log-dets, W, R): log-dets (slogdet,
+#: QR, sums of logs over D terms) and exact inverses lose too much in half precision, and TF has
+#: no float16/bfloat16 slogdet kernel.
 SUPPORTED_DTYPES = ("float32", "float64")
+#: what a mixed policy's sub-networks may compute in (``FlowLayer.network_dtype``)
+HALF_DTYPES = ("float16", "bfloat16")
 
 
 class FlowLayer(keras.layers.Layer):
@@ -103,6 +107,24 @@ class FlowLayer(keras.layers.Layer):
         check_float_policy(self)
         self.event_shape = None
 
+    # -- precision --------------------------------------------------------------------------------
+    # Under a mixed policy (``mixed_bfloat16``, ``mixed_float16``) the flow itself stays in the
+    # variable dtype — x, z, every log-det, W and R, so the likelihood stays exact and the
+    # inverse exact to float32 — and only the sub-networks a layer owns (coupling networks,
+    # context embeddings) compute in half precision. Keras reads ``compute_dtype`` to cast the
+    # inputs and outputs of ``__call__`` and to pick an autocast scope, so it is the flow's dtype.
+    @property
+    def compute_dtype(self):
+        """The dtype of the flow's data path: the variable dtype (float32 under mixed precision;
+        :attr:`network_dtype` is the policy's half precision)."""
+        return self.variable_dtype
+
+    @property
+    def network_dtype(self):
+        """The dtype the layer's sub-networks compute in: the policy's compute dtype (float16 or
+        bfloat16 under a mixed policy, else the variable dtype)."""
+        return self.dtype_policy.compute_dtype
+
     # -- build ---------------------------------------------------------------------------------
     def build(self, input_shape: tuple) -> None:
         """Record the per-example shape (``event_shape``) and create the weights for it."""
@@ -163,8 +185,20 @@ class FlowLayer(keras.layers.Layer):
         return input_shape
 
     # -- the protocol ---------------------------------------------------------------------------
-    def call(self, inputs, training=None):
-        return self.forward(inputs, training=bool(training))[0]
+    def call(self, inputs, context=None, training=None, return_log_det=False):
+        """``z`` of ``forward`` — or ``(z, log_det)`` with ``return_log_det=True``, the log-det
+        exact at inference and the cheap one in training (``FlowModel``'s rule) — so a flow
+        layer sits in ``keras.Sequential`` and functional models: ``layer(x)``, and for a
+        conditional layer ``layer(x, context=c)`` with ``c`` a second ``keras.Input``."""
+        z, log_det = self.forward(inputs, exact=bool(return_log_det and not training),
+                                  training=bool(training), context=context)
+        return (z, log_det) if return_log_det else z
+
+    def compute_output_spec(self, inputs, context=None, training=None, return_log_det=False):
+        shape = tuple(self.compute_output_shape(tuple(inputs.shape)))
+        z = keras.KerasTensor(shape, dtype=self.compute_dtype)
+        return (z, keras.KerasTensor(shape[:1], dtype=self.compute_dtype)) if return_log_det \
+            else z
 
     def forward(self, x: Tensor, exact: bool = False, training: bool = False,
                 noise: bool | None = None, seed: Seed = None,
@@ -332,19 +366,21 @@ def sum_per_example(values):
 
 
 def check_float_policy(layer):
-    """``ValueError`` unless the layer computes and stores weights in float32 or float64: the
-    log-det and the exact inverse need the weights' own precision (no mixed precision)."""
+    """``ValueError`` unless the layer stores its weights in float32 or float64 and computes in
+    that dtype or, under a mixed policy (float32 weights), its sub-networks in float16/bfloat16:
+    the log-det and the exact inverse need the weights' own precision."""
     policy = layer.dtype_policy
-    if policy.compute_dtype != policy.variable_dtype:
+    if policy.variable_dtype not in SUPPORTED_DTYPES:
         raise ValueError(
-            f"{type(layer).__name__}: mixed precision ({policy.name}) is not supported: the "
-            "log-det and the exact inverse need the weights' precision. Use float32 or float64."
+            f"{type(layer).__name__}: dtype {policy.variable_dtype} is not supported: the "
+            f"weights, log-dets and exact inverses need {' or '.join(SUPPORTED_DTYPES)}. For "
+            "half-precision sub-networks use a mixed policy (mixed_bfloat16, mixed_float16)."
         )
-    if policy.compute_dtype not in SUPPORTED_DTYPES:
+    compute = policy.compute_dtype
+    if compute != policy.variable_dtype and compute not in HALF_DTYPES:
         raise ValueError(
-            f"{type(layer).__name__}: dtype {policy.compute_dtype} is not supported (log-dets and "
-            f"exact inverses need {' or '.join(SUPPORTED_DTYPES)})."
-        )
+            f"{type(layer).__name__}: dtype policy {policy.name} is not supported (a mixed "
+            f"policy computes in {' or '.join(HALF_DTYPES)} with float32 weights).")
 
 
 def warn_if_singular(layer, log_abs_det):

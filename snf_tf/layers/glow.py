@@ -284,13 +284,17 @@ class AffineCoupling(_NHWCLayer):
     def scale_and_shift(self, x1, context=None):
         """``(log s, t)`` of the network at the conditioning half ``x1``
         (each with C/2 channels), given ``context`` ``[batch, context_dim]`` if conditional."""
+        # the network computes in ``network_dtype`` (half precision under a mixed policy); its
+        # output is cast back, so log s, t and everything after them stay in the flow's dtype
         h = self.conv_in(x1)
         if self.uses_context:
-            embedding = tf.matmul(context, tf.convert_to_tensor(self.context_projection))
+            projection = tf.cast(tf.convert_to_tensor(self.context_projection), h.dtype)
+            embedding = tf.matmul(tf.cast(context, h.dtype), projection)
             h = h + embedding[:, None, None, :]
         h = tf.nn.relu(h)
         h = tf.nn.relu(self.conv_hidden(h))
-        h = self.conv_zero(h) * tf.exp(3.0 * tf.convert_to_tensor(self.zero_logs))
+        h = tf.cast(self.conv_zero(h), x1.dtype) * tf.exp(
+            3.0 * tf.convert_to_tensor(self.zero_logs))
         log_s = 2.0 * tf.tanh(h[..., 0::2] / 2.0)
         return log_s, h[..., 1::2]
 

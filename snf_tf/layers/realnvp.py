@@ -73,7 +73,8 @@ class RealNVPCoupling(FlowLayer):
         h = x if conditional_input is None else tf.concat([x, conditional_input], axis=-1)
         for layer in self.hidden:
             h = layer(h)
-        shift, log_scale = tf.split(self.out(h), 2, axis=-1)
+        # the Dense layers compute in ``network_dtype``; shift and scale in the flow's dtype
+        shift, log_scale = tf.split(tf.cast(self.out(h), x.dtype), 2, axis=-1)
         return shift, tf.tanh(log_scale)
 
     def _real_nvp(self):
