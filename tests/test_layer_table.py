@@ -490,3 +490,74 @@ def test_keras_jit_flag_follows_the_xla_capability(case):
     layer = case.make()
     assert layer.supports_jit is layer.supports_xla
     assert layer.supports_xla is not case.name.endswith("-exact")
+
+
+# -- Keras's own layer harness ------------------------------------------------------------------
+def _keras_harness():
+    from keras.src.testing import TestCase  # Keras's test base: run_layer_test
+    return TestCase()
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_keras_run_layer_test(case):
+    """Keras's ``run_layer_test`` on every row, float32: config and serialization round trips,
+    build, symbolic and eager calls, a compiled ``fit`` step with an ordinary loss, and the
+    ``mixed_float16`` check (outputs as ``compute_output_spec`` says, every weight float32).
+    Only one sub-check is ever off: the training check of conditional rows, because the
+    harness's training model calls the layer on ``x`` alone and a conditional layer needs its
+    context (``test_layer_in_keras_models`` trains those in a functional model)."""
+    config = {k: v for k, v in case.make().get_config().items() if k not in ("name", "dtype")}
+    x = _inputs(case, 4).astype("float32")
+    context = {k: v.astype("float32") for k, v in _ctx(case, x).items()}
+    z_shape = tuple(case.make().compute_output_shape((4,) + case.shape)) \
+        if case.make().preserves_shape else None
+    _keras_harness().run_layer_test(
+        type(case.make()), init_kwargs=config, input_data=x, call_kwargs=context,
+        expected_output_shape=z_shape if z_shape and None not in z_shape else None,
+        expected_output_dtype="float32",
+        run_training_check=not case.context_dim,
+        run_mixed_precision_check=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_layer_in_keras_models(case, tmp_path):
+    """Each layer as an ordinary Keras layer, trained by ``fit`` on an ordinary MSE loss through
+    a Dense head, then saved to a ``.keras`` file and loaded with the same predictions: in a
+    functional model whose output also adds the log-det (``return_log_det=True``; a conditional
+    row takes its context as a second input), where every trainable weight of the flow layer
+    moves, and in a plain ``keras.Sequential`` on ``z`` (unconditional rows; a SplitPrior's
+    kept half does not depend on its weights, so only the others must move there)."""
+    rng = np.random.default_rng(21)
+    x = _inputs(case, 32, seed=8).astype("float32")
+    target = rng.standard_normal((32, 1)).astype("float32")
+    make = lambda: type(case.make())(**{**case.make().get_config(), "dtype": "float32"})  # noqa
+    inputs = [keras.Input(case.shape)]
+    call = {}
+    data = x
+    if case.context_dim:
+        inputs.append(keras.Input((case.context_dim,)))
+        call = {"context": inputs[1]}
+        data = [x, np.tile(_ctx(case, x[:8])["context"], (4, 1)).astype("float32")]
+    z, log_det = make()(inputs[0], return_log_det=True, **call)
+    head = keras.layers.Dense(1)(keras.layers.Flatten()(z))
+    output = keras.layers.Add()([head, keras.layers.Reshape((1,))(log_det)])
+    models = [(keras.Model(inputs, output), True)]
+    if not case.context_dim:
+        models.append((keras.Sequential([keras.Input(case.shape), make(), keras.layers.Flatten(),
+                                         keras.layers.Dense(1)]), case.square_jacobian))
+    for number, (model, all_move) in enumerate(models):
+        flow = [sub for sub in model.layers if isinstance(sub, L.FlowLayer)][0]
+        model([d[:1] for d in data] if case.context_dim else data[:1])  # build, ActNorm's init
+        if case.perturb:
+            perturb(flow, case.perturb)
+        before = [w.numpy().copy() for w in flow.trainable_weights]
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        model.fit(data, target, batch_size=8, epochs=1, verbose=0)
+        if all_move:
+            for w, start in zip(flow.trainable_weights, before):
+                assert np.any(w.numpy() != start), f"{w.path} did not train"
+        path = str(tmp_path / f"model_{number}.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        np.testing.assert_allclose(loaded.predict(data, verbose=0), model.predict(data, verbose=0),
+                                   rtol=1e-5, atol=1e-5)

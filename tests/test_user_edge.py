@@ -295,3 +295,18 @@ def test_a_second_writer_is_refused_and_a_killed_ones_lock_is_not_in_the_way(tmp
     again = training.prepare("selfnorm_fc_mnist", str(tmp_path / "k"), epochs=1,
                              train_examples=200, eval_examples=200)
     again.train(verbose=0)
+
+
+def test_bench_models_times_a_mixed_precision_model(tmp_path):
+    """``snf-tf bench models --dtype-policy mixed_bfloat16``: the GPU measurement as one
+    command; it times the model in that policy and records the policy."""
+    result = run(["snf-tf", "bench", "models", "--models", "selfnorm_glow_mnist", "--set",
+                  "hidden_channels=8", "--set", "steps_per_block=1", "--rounds", "2",
+                  "--warmup", "1", "--eval-images", "0", "--dtype-policy", "mixed_bfloat16",
+                  "--out", "bench"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench" / "model_timing.json").read_text())
+    assert report["machine"]["args"]["dtype_policy"] == "mixed_bfloat16"
+    (row,) = report["results"]
+    assert not row["failures"] and len(row["train"]["times_ms"]) == 2
+    assert (tmp_path / "bench" / "model_timing.png").stat().st_size > 0

@@ -219,6 +219,11 @@ def main(argv=None):
                         help="test images for the eval ÷ forward ratio (0: skip; default 1000)")
     parser.add_argument("--eval-rounds", type=int, default=3,
                         help="rounds that also time evaluation and forward (default 3)")
+    parser.add_argument("--dtype-policy", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                        default="float32",
+                        help="Keras dtype policy of every model (default float32). Mixed: the "
+                             "flow stays float32, the coupling networks compute in half "
+                             "precision (what a GPU speeds up; this CPU has no fast bf16)")
     parser.add_argument("--out", default="results", help="output folder")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.eval_images < 0 or args.eval_rounds < 1:
@@ -230,8 +235,13 @@ def main(argv=None):
         args.rounds, args.warmup = 3, 1
     os.makedirs(args.out, exist_ok=True)
     jit = {"auto": "auto", "true": True, "false": False}.get(args.jit)
-    times, failures = time_models(names, args.rounds, args.warmup, overrides, jit=jit,
-                                  eval_images=args.eval_images, eval_rounds=args.eval_rounds)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(args.dtype_policy)
+    try:
+        times, failures = time_models(names, args.rounds, args.warmup, overrides, jit=jit,
+                                      eval_images=args.eval_images, eval_rounds=args.eval_rounds)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     rows = []
     print(f"{'model':15s} {'ms/batch':>9s} {'paper':>7s} {'ms/sample':>10s} {'paper':>7s}"
           + (f" {'eval÷fwd':>9s}" if args.eval_images else ""))
