@@ -69,6 +69,13 @@ class FlowLayer(keras.layers.Layer):
 
     Capabilities are class attributes (a subclass overrides the ones that differ); callers read
     them directly, never probe with ``getattr``.
+
+    As a Keras layer, ``layer(x, context=None, return_log_det=False)`` is ``forward``'s ``z``
+    (or ``(z, log_det)``), in ``Sequential`` and functional models alike. An SNF layer's kernel
+    then receives ½ of an ordinary loss's gradient (the paper's split between W and R), plus the
+    self-normalized term through the log-det (``docs/layers.md``). Under a mixed dtype policy
+    the flow stays in the variable dtype and only owned sub-networks compute in half precision
+    (:attr:`network_dtype`).
     """
 
     #: rank of the inputs (batch axis included); None = any rank ≥ 2
