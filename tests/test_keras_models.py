@@ -143,3 +143,24 @@ def test_flow_model_under_a_global_mixed_policy(global_policy, tmp_path):
     # the served graph's half-precision convs round differently from eager ones: 1e-5, not 1e-6
     np.testing.assert_allclose(saved.log_prob(x=x[:8], y=y[:8]),
                                export.log_prob(model, x[:8], context=y[:8]), rtol=2e-5)
+
+
+@pytest.mark.parametrize("builder", ["fc_flow", "conv_flow", "glow"])
+def test_every_builder_takes_a_dtype(builder):
+    """``dtype=`` reaches every layer and the model; the FC and conv flows have no half-precision
+    work, so their mixed-precision log-likelihood is the float32 one exactly."""
+    make = getattr(architectures, builder)
+    small = {"conv_flow": {"num_blocks": 2, "convs_per_block": 1},
+             "glow": {"num_blocks": 1, "steps_per_block": 1, "hidden_channels": 8}}.get(builder, {})
+    x = np.random.default_rng(2).integers(0, 256, (4, 8, 8, 1)).astype("uint8")
+    mixed, plain = (make(seed=0, dtype=policy, **small) for policy in ("mixed_bfloat16", None))
+    for model in (mixed, plain):
+        model.build((None, 8, 8, 1))
+    plain.set_weights(mixed.get_weights())
+    assert mixed.dtype_policy.name == "mixed_bfloat16"
+    assert all(layer.dtype_policy.name == "mixed_bfloat16" for layer in mixed.flow_layers)
+    log_p = mixed.log_prob(x, seed=1)
+    if builder == "glow":
+        np.testing.assert_allclose(log_p, plain.log_prob(x, seed=1), rtol=5e-3)
+    else:
+        np.testing.assert_array_equal(log_p, plain.log_prob(x, seed=1))
