@@ -22,7 +22,7 @@ from absl import logging as absl_logging
 
 from snf_tf.checks import check_positive_int
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "SPLITS", "default_data_dir", "load"]
+__all__ = ["DATASETS", "IMAGE_SHAPES", "SPLITS", "default_data_dir", "load", "num_examples"]
 
 SPLITS = {
     "mnist": {"train": "train[:50000]", "validation": "train[50000:]", "test": "test"},
@@ -70,6 +70,22 @@ def _augment(name):
         # reference: horizontal flip, integer shifts in {-1, 0, 1} with edge padding
         return lambda image: tf.image.random_flip_left_right(_shift(image, 1, "SYMMETRIC"))
     raise ValueError(f"no augmentation is defined for {name!r} (the reference uses none).")
+
+
+def num_examples(name, split, data_dir=None, limit=None):
+    """How many examples :func:`load` yields per epoch for ``name``, ``split`` and ``limit``,
+    from the tfds metadata (no data is read); ``FileNotFoundError`` as :func:`load`."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    tfds_split = SPLITS[name].get(split, split)
+    if limit is not None:
+        tfds_split = _first(tfds_split, limit)
+    folder = data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR")
+    try:
+        return int(tfds.builder(name, data_dir=folder).info.splits[tfds_split].num_examples)
+    except AssertionError as error:  # tfds' DatasetNotFoundError
+        raise FileNotFoundError(f"dataset {name!r} was not found in "
+                                f"{default_data_dir(folder)!r}.") from error
 
 
 def load(name, split, batch_size, augment=False, data_dir=None, download=False, shuffle=None,

@@ -92,6 +92,13 @@ def test_export_then_sample_from_export_and_checkpoint(exported_dir, checkpoint,
     (["evaluate", "{ckpt}", "--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["evaluate", "{ckpt}", "--dataset", "cifar10", "--data-dir", "{tmp}"], "was not found"),
     (["bench", "everything"], "invalid choice"),
+    (["train", "selfnorm_fc_mnist", "--time-budget", "0s"], "finite time > 0"),
+    (["train", "selfnorm_fc_mnist", "--time-budget", "soon"], "90s, 30m, 2h"),
+    (["train", "selfnorm_fc_mnist", "--eval-every-steps", "-3"], "positive integer"),
+    (["train", "selfnorm_fc_mnist", "--set", "time_budget=-5", "--out", "{tmp}/r"],
+     "time_budget must be a positive number"),
+    (["train", "selfnorm_fc_mnist", "--set", "eval_every_steps=1.5", "--out", "{tmp}/r"],
+     "eval_every_steps must be a positive integer"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(argv, message, checkpoint, tmp_path, capsys):
     (tmp_path / "file.txt").write_text("x")

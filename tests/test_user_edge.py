@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # console scripts and fresh interpreters
@@ -310,3 +311,36 @@ def test_bench_models_times_a_mixed_precision_model(tmp_path):
     (row,) = report["results"]
     assert not row["failures"] and len(row["train"]["times_ms"]) == 2
     assert (tmp_path / "bench" / "model_timing.png").stat().st_size > 0
+
+
+@needs_mnist
+def test_a_time_budget_stops_at_a_batch_and_resume_continues_it(tmp_path):
+    """``--time-budget`` stops at the first batch past the budget (evaluation excluded: the
+    clock sums step times), evaluates exactly, finishes the run; ``--eval-every-steps`` records
+    points; ``--resume`` with a larger budget continues the clock, the same budget is refused."""
+    args = ["snf-tf", "train", "selfnorm_fc_mnist", "--train-examples", "1050",
+            "--eval-examples", "200", "--eval-every-steps", "4", "--out", "run", "--quiet"]
+    first = run(args + ["--time-budget", "2s"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "--resume --time-budget 4s" in first.stdout  # the "train longer" command
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    epochs = metrics["epochs"]
+    assert metrics["status"] == "finished" and epochs[-1]["time_budget_spent"]
+    steps, seconds = epochs[-1]["steps_total"], epochs[-1]["train_seconds_total"]
+    assert 2.0 <= seconds < 2.0 + 1.0  # the first batch past the budget
+    # 11 batches an epoch, the last of 50 examples
+    assert epochs[-1]["examples_total"] == 1050 * (steps // 11) + 100 * (steps % 11)
+    points = [p for e in epochs for p in e.get("eval_points", [])]
+    assert [p["step"] for p in points] == list(range(4, steps + 1, 4))
+    assert all(np.isfinite(p["val_nll"]) and np.isfinite(p["test_nll"]) for p in points)
+    assert np.all(np.diff([p["train_seconds"] for p in points]) > 0)
+    assert sum(e["epoch_seconds"] for e in epochs) > seconds  # evaluation is not counted
+
+    again = run(args + ["--time-budget", "2s", "--resume"], tmp_path)
+    assert_one_line(again, 2, "already spent its time budget of 2 s", "--time-budget")
+    longer = run(args + ["--time-budget", "4s", "--resume"], tmp_path)
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    resumed = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert resumed[:len(epochs)] == epochs
+    assert 4.0 <= resumed[-1]["train_seconds_total"] < 5.0
+    assert resumed[-1]["steps_total"] > steps

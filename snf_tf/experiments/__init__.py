@@ -22,10 +22,11 @@ from snf_tf.experiments.configs import (
     datasets,
     get,
     names,
+    parse_duration,
     parse_override,
     setting_names,
 )
 
 __all__ = ["EXPERIMENTS", "Experiment", "GECO_RATE", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP",
-           "NULLABLE", "build_model", "config", "datasets", "get", "names", "parse_override",
-           "setting_names"]
+           "NULLABLE", "build_model", "config", "datasets", "get", "names", "parse_duration",
+           "parse_override", "setting_names"]

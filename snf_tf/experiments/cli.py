@@ -109,6 +109,17 @@ def positive_int(text):
     return value
 
 
+def duration(text):
+    """A time budget: ``90s``, ``30m``, ``2h`` or seconds
+    (:func:`snf_tf.experiments.configs.parse_duration`)."""
+    from snf_tf.experiments.configs import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def positive_temperature(text):
     """A sampling temperature: a finite number > 0, in the words of
     ``snf_tf.model.check_temperature`` (checked here without loading TensorFlow)."""
@@ -381,6 +392,13 @@ class TrainCommand(Command):
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="override a setting or model argument, e.g. --set "
                             "hidden_channels=64 or --set learning_rate=5e-4 (repeatable)")
+        parser.add_argument("--time-budget", type=duration, default=None, metavar="DURATION",
+                            help="stop at the first batch past this much training time (90s, "
+                            "30m, 2h; evaluation excluded), then evaluate exactly; without "
+                            "--epochs the budget alone decides; --resume continues it")
+        parser.add_argument("--eval-every-steps", type=positive_int, default=None, metavar="N",
+                            help="also evaluate the validation and test splits exactly every N "
+                            "training steps (metrics.json: eval_points)")
         parser.add_argument("--quiet", action="store_true", help="one line per epoch")
         parser.add_argument("--no-guard", action="store_true",
                             help="no rollback on a collapse (validation NLL jump, ‖RW − I‖ "
@@ -395,7 +413,8 @@ class TrainCommand(Command):
         overrides = dict(experiments.parse_override(text) for text in args.set)
         flags = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
                  "train_examples": args.train_examples, "eval_examples": args.eval_examples,
-                 "guard": False if args.no_guard else None}
+                 "guard": False if args.no_guard else None, "time_budget": args.time_budget,
+                 "eval_every_steps": args.eval_every_steps}
         for key, value in flags.items():
             if value is None:  # flag not given: a --set of the same setting stands
                 continue
@@ -404,6 +423,10 @@ class TrainCommand(Command):
                 raise ValueError(f"{flag} and --set {key}={json.dumps(overrides[key])} disagree; "
                                  "give the setting once")
             overrides[key] = value
+        if overrides.get("time_budget") is not None and "epochs" not in overrides \
+                and not args.resume:
+            from snf_tf.experiments.training import BUDGET_EPOCHS
+            overrides["epochs"] = BUDGET_EPOCHS  # the budget decides when training ends
         return overrides
 
     def run(self, args):
@@ -419,8 +442,11 @@ class TrainCommand(Command):
         resume = f"{PROG} train {args.experiment} --out {out} --resume" + (
             f" --data-dir {args.data_dir}" if args.data_dir else "")
         if prepared.completes:
-            print(f"{out}: all {prepared.cfg['epochs']} epochs are trained; writing the final "
-                  "outputs", flush=True)
+            done = (f"its time budget of {prepared.cfg['time_budget']:.0f} s is spent"
+                    if prepared.cfg["time_budget"] and prepared.history[-1]["epoch"]
+                    < prepared.cfg["epochs"] else f"all {prepared.cfg['epochs']} epochs are "
+                    "trained")
+            print(f"{out}: {done}; writing the final outputs", flush=True)
         try:
             metrics = prepared.train(verbose=2 if args.quiet else "auto")
         except training.TrainingDiverged as error:

@@ -19,8 +19,8 @@ import types
 import numpy as np
 
 __all__ = ["EXPERIMENTS", "Experiment", "GECO_RATE", "GLOW_INVERSE_ERROR", "GUARD_VAL_JUMP",
-           "NULLABLE", "build_model", "config", "datasets", "get", "names", "parse_override",
-           "setting_names"]
+           "NULLABLE", "build_model", "config", "datasets", "get", "names", "parse_duration",
+           "parse_override", "setting_names"]
 
 _MNIST_EVAL = 500
 #: a validation NLL more than 10 % above the last good epoch's is a collapse
@@ -65,6 +65,9 @@ class Experiment:
             # reference, 1e-8) after it, so Keras's ε acts as ε/√(1 − β₂ᵗ) in PyTorch's terms
             "adam_epsilon": 1e-7,
             "seed": 0, "train_examples": None, "eval_examples": None, "jit_compile": "auto",
+            # training to a time budget (seconds of training steps) and exact evaluation every
+            # N steps (None: off)
+            "time_budget": None, "eval_every_steps": None,
             # the collapse guard (snf_tf.callbacks.CollapseGuard)
             "guard": True, "guard_val_jump": GUARD_VAL_JUMP,
             "guard_inverse_error": self.guard_inverse_error, "guard_lr_factor": 0.5,
@@ -210,9 +213,26 @@ def parse_override(text):
 
 #: settings for which ``None`` (JSON ``null``) is a value: off, or no limit
 NULLABLE = ("clipnorm", "geco_rate", "guard_val_jump", "guard_inverse_error", "train_examples",
-            "eval_examples")
+            "eval_examples", "time_budget", "eval_every_steps")
 _POSITIVE_INTS = ("batch_size", "eval_batch_size", "epochs")
-_OPTIONAL_POSITIVE_INTS = ("train_examples", "eval_examples")
+_OPTIONAL_POSITIVE_INTS = ("train_examples", "eval_examples", "eval_every_steps")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text):
+    """Seconds of ``"90s"``, ``"30m"``, ``"2h"``, ``"1.5h"`` or a plain number of seconds;
+    ``ValueError`` for anything else or a duration that is not a finite number > 0."""
+    value = str(text).strip().lower()
+    scale = _DURATION_UNITS.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"a duration must look like 90s, 30m, 2h or a number of seconds, got "
+                         f"{text!r}") from None
+    if not np.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be a finite time > 0, got {text!r}")
+    return seconds
 
 
 def config(name, **overrides):
@@ -271,7 +291,7 @@ def _check(cfg):
             not isinstance(cfg["warmup_epochs"], int) or cfg["warmup_epochs"] < 0:
         raise ValueError(f"{name}: warmup_epochs must be an integer >= 0, "
                          f"got {cfg['warmup_epochs']!r}")
-    for key in ("learning_rate", "clipnorm", "geco_rate", "adam_epsilon"):
+    for key in ("learning_rate", "clipnorm", "geco_rate", "adam_epsilon", "time_budget"):
         value = cfg[key]
         if value is None and key in NULLABLE:
             continue

@@ -55,11 +55,15 @@ __all__ = ["EPOCH_KEYS", "TIMING_KEYS", "Run", "TrainingDiverged", "epoch_line",
 #: keys of every ``metrics.json`` epoch entry; models with learned inverses also log
 #: ``inverse_error_max``, the largest ‖RW − I‖_F over their layers after the epoch; GECO runs
 #: ``reconstruction_weight`` (min, median, max of λ over the SNF layers); an epoch with a
-#: rollback ``rollbacks`` (the events of :class:`snf_tf.callbacks.CollapseGuard`)
+#: rollback ``rollbacks`` (the events of :class:`snf_tf.callbacks.CollapseGuard`); runs with
+#: ``eval_every_steps`` ``eval_points`` (step, examples, train_seconds, exact val/test NLL and
+#: bits/dim), the epoch a time budget ran out ``time_budget_spent``. ``*_total``: over the run
+#: so far, training seconds as the sum of the steps' times (evaluation excluded)
 EPOCH_KEYS = ("epoch", "loss", "nll", "recon", "val_nll", "val_bpd", "test_nll", "test_bpd",
-              "best_epoch", "learning_rate", "epoch_seconds", "train_seconds", "steps_per_second")
+              "best_epoch", "learning_rate", "epoch_seconds", "train_seconds", "steps_per_second",
+              "steps_total", "examples_total", "train_seconds_total")
 #: the keys that depend on the machine's speed (everything else is a function of the seed)
-TIMING_KEYS = ("epoch_seconds", "train_seconds", "steps_per_second")
+TIMING_KEYS = ("epoch_seconds", "train_seconds", "steps_per_second", "train_seconds_total")
 
 
 class TrainingDiverged(RuntimeError):
@@ -121,22 +125,29 @@ def _settings(cfg):
     return flat
 
 
+#: what ``--resume`` may change: how long to train and how often to evaluate
+RESUMABLE = ("epochs", "time_budget", "eval_every_steps")
+
+
 def _resumed_config(name, saved, overrides, out):
-    """The config of a resumed run: the saved one, with ``epochs`` from ``overrides``. Any other
-    setting given explicitly must equal the saved value (``ValueError`` otherwise), so
-    ``--resume --epochs N`` alone continues a run whatever ``--set`` options started it."""
+    """The config of a resumed run: the saved one, with :data:`RESUMABLE` settings from
+    ``overrides``. Any other setting given explicitly must equal the saved value
+    (``ValueError`` otherwise), so ``--resume --epochs N`` alone continues a run whatever
+    ``--set`` options started it."""
     if saved.get("experiment") != name:
         raise ValueError(f"--resume: the run in {out} was trained as "
                          f"{saved.get('experiment')!r}, not {name!r}")
     given = _settings(experiments.config(name, **overrides))
     before = _settings(saved)
     changed = sorted(key for key, value in overrides.items()
-                     if value is not None and key != "epochs" and given[key] != before.get(key))
+                     if value is not None and key not in RESUMABLE
+                     and given[key] != before.get(key))
     if changed:
         raise ValueError(f"--resume: the settings {', '.join(changed)} differ from the run in "
-                         f"{out}; resume with the same settings (only epochs may change)")
+                         f"{out}; resume with the same settings (only epochs, time_budget and "
+                         "eval_every_steps may change)")
     before.update({key: value for key, value in overrides.items()
-                   if key == "epochs" and value is not None})
+                   if key in RESUMABLE and value is not None})
     known = experiments.setting_names(name)  # a setting since dropped is left out
     return experiments.config(name, **{key: value for key, value in before.items()
                                        if key in known})
@@ -144,6 +155,67 @@ def _resumed_config(name, saved, overrides, out):
 
 #: points per epoch of the training-loss curve (``loss_curve`` in ``metrics.json``)
 CURVE_POINTS = 20
+#: the epochs of ``snf-tf train --time-budget`` without ``--epochs``: the budget decides
+BUDGET_EPOCHS = 100_000
+
+
+class _Clock(keras.callbacks.Callback):
+    """The run's training clock: the sum of its training steps' times (evaluation, checkpoints
+    and the other callbacks' epoch work excluded), its steps and the examples they saw, counted
+    over the whole run (a resumed run continues them). With ``budget`` seconds it stops
+    training at the first batch boundary past the budget (``exhausted``); with ``every`` steps
+    it evaluates the validation and test splits exactly at every multiple of ``every`` and
+    keeps the point (``points``) for the epoch's entry in ``metrics.json``."""
+
+    def __init__(self, splits, batch_size, epoch_examples, budget=None, every=None, seconds=0.0,
+                 steps=0, examples=0):
+        super().__init__()
+        self.splits, self.budget, self.every = splits, budget, every
+        self.batch_size, self.epoch_examples = batch_size, epoch_examples
+        self.seconds, self.steps, self.examples = float(seconds), int(steps), int(examples)
+        self.exhausted = budget is not None and self.seconds >= budget
+        self.points = []
+
+    def _batch_examples(self, batch):
+        """Examples in batch ``batch`` of an epoch: full batches but the last, which holds the
+        rest of ``epoch_examples`` (the pipelines keep the remainder)."""
+        size = self.batch_size
+        if self.epoch_examples is not None:
+            size = min(size, self.epoch_examples - batch * self.batch_size)
+        return size
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds += time.perf_counter() - self._start
+        self.steps += 1
+        self.examples += self._batch_examples(batch)
+        if self.every and self.steps % self.every == 0:
+            self.points.append(self.evaluate())
+        if self.budget is not None and self.seconds >= self.budget:
+            self.exhausted = True
+            self.model.stop_training = True
+
+    def evaluate(self):
+        """One point: steps, examples and training seconds so far, exact validation and test
+        NLL. ``evaluate`` resets the metrics that ``fit`` keeps its running means in: they are
+        restored after it, so the epoch's logged loss is unchanged."""
+        model = self.model
+        saved = [[variable.numpy() for variable in metric.variables] for metric in model.metrics]
+        point = {"step": self.steps, "examples": self.examples, "train_seconds": self.seconds}
+        for split, name in (("validation", "val"), ("test", "test")):
+            result = model.evaluate(self.splits[split], verbose=0, return_dict=True)
+            point.update({f"{name}_nll": float(result["nll"]), f"{name}_bpd": float(result["bpd"])})
+        for metric, values in zip(model.metrics, saved):
+            for variable, value in zip(metric.variables, values):
+                variable.assign(value)
+        return point
+
+    def totals(self):
+        """What each epoch's entry records of the clock."""
+        return {"steps_total": self.steps, "examples_total": self.examples,
+                "train_seconds_total": self.seconds}
 
 
 class _RunLog(keras.callbacks.Callback):
@@ -161,6 +233,7 @@ class _RunLog(keras.callbacks.Callback):
         self.history, self.steps = list(history), steps_per_epoch
         self.window = max(1, math.ceil(steps_per_epoch / CURVE_POINTS))
         self.status = "running"
+        self.clock = None  # the run's _Clock
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.train_end = time.perf_counter(), None
@@ -209,6 +282,12 @@ class _RunLog(keras.callbacks.Callback):
         entry["loss_curve"] = self.curve
         entry.update(epoch_seconds=now - self.start, train_seconds=train_seconds,
                      steps_per_second=self.steps / train_seconds if train_seconds > 0 else None)
+        if self.clock is not None:
+            entry.update(self.clock.totals())
+            if self.clock.points:
+                entry["eval_points"], self.clock.points = self.clock.points, []
+            if self.clock.exhausted:
+                entry["time_budget_spent"] = True
         self.history = [e for e in self.history if e["epoch"] <= epoch] + [entry]
         self.write()
 
@@ -231,11 +310,16 @@ def _rollbacks(history):
                for event in entry.get("rollbacks", ()))
 
 
-def epoch_line(entry, epochs):
-    """One plain line for an epoch of ``metrics.json``: time, training loss, the exact validation
-    NLL and the test NLL at the best validation epoch so far (nats and bits/dim), ‖RW − I‖."""
-    parts = [f"epoch {entry['epoch']}/{epochs}", f"{entry.get('epoch_seconds', math.nan):.0f} s",
-             f"loss {entry.get('loss', math.nan):.2f}"]
+def epoch_line(entry, epochs, budget=None):
+    """One plain line for an epoch of ``metrics.json``: time (and of a time ``budget``, the
+    training seconds spent), training loss, the exact validation NLL and the test NLL at the best
+    validation epoch so far (nats and bits/dim), ‖RW − I‖."""
+    parts = [f"epoch {entry['epoch']}" if budget else f"epoch {entry['epoch']}/{epochs}",
+             f"{entry.get('epoch_seconds', math.nan):.0f} s"]
+    if budget:
+        parts.append(f"{entry.get('train_seconds_total', math.nan):.0f}/{budget:.0f} s of "
+                     "training")
+    parts.append(f"loss {entry.get('loss', math.nan):.2f}")
     if "val_nll" in entry:
         parts.append(f"val {entry['val_nll']:.2f} nats = {entry['val_bpd']:.4f} bits/dim")
     if entry.get("test_nll") is not None:
@@ -255,14 +339,14 @@ class _Progress(keras.callbacks.ProgbarLogger):
     """Keras' progress bar (steps, ETA, running means), then :func:`epoch_line` once the epoch is
     logged — it runs last, after the checkpoint, ``metrics.json`` and the backup are written."""
 
-    def __init__(self, log, epochs):
+    def __init__(self, log, epochs, budget=None):
         super().__init__()
-        self.log, self.epochs = log, epochs
+        self.log, self.epochs, self.budget = log, epochs, budget
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.verbose and self.log.history:
-            print(epoch_line(self.log.history[-1], self.epochs), flush=True)
+            print(epoch_line(self.log.history[-1], self.epochs, self.budget), flush=True)
 
 
 def plot_curves(history, path, title, steps_per_epoch=None):
@@ -390,6 +474,15 @@ def run(name, out, *, resume=False, data_dir=None, verbose="auto", extra_callbac
         verbose=verbose, extra_callbacks=extra_callbacks)
 
 
+def _epoch_examples(cfg, data_dir):
+    """Training examples per epoch of a config, from the dataset's metadata."""
+    if cfg["dataset"] == "normal":  # the timing experiment's synthetic data: full batches
+        return None
+    from snf_tf import data
+
+    return data.num_examples(cfg["dataset"], "train", data_dir, cfg["train_examples"])
+
+
 def _build_checked(cfg, splits):
     """The config's model, built on the data's shape, seeded as training will use it: values
     only the builder can judge (``num_blocks=0``, an unknown ``gradient``) fail here, in one
@@ -432,6 +525,10 @@ def prepare(name, out, *, resume=False, data_dir=None, **overrides):
     if start_epoch >= cfg["epochs"] and status == "finished":
         raise ValueError(f"the run in {out} already finished {start_epoch} epochs; pass a larger "
                          "--epochs to continue it")
+    if _budget_spent(cfg, history) and status == "finished":
+        raise ValueError(f"the run in {out} already spent its time budget of "
+                         f"{cfg['time_budget']:.0f} s of training; pass a larger --time-budget "
+                         "to continue it")
     splits = experiments.datasets(cfg, data_dir=data_dir)  # FileNotFoundError if missing
     steps = int(splits["train"].cardinality())
     if steps < 1:
@@ -448,20 +545,44 @@ def prepare(name, out, *, resume=False, data_dir=None, **overrides):
     except BaseException:
         lock.release()
         raise
-    return Run(cfg, out, splits, history, steps, model=model, lock=lock)
+    return Run(cfg, out, splits, history, steps, model=model, lock=lock,
+               epoch_examples=_epoch_examples(cfg, data_dir))
+
+
+def _clock_totals(history, steps_per_epoch):
+    """``(seconds, steps, examples)`` of training in a resumed run's ``history`` (runs written
+    before the clock existed: their epochs' training times, full epochs, examples unknown: 0)."""
+    if not history:
+        return 0.0, 0, 0
+    last = history[-1]
+    if "train_seconds_total" in last:
+        return last["train_seconds_total"], last["steps_total"], last["examples_total"]
+    return (sum(e.get("train_seconds") or 0.0 for e in history), len(history) * steps_per_epoch,
+            0)
+
+
+def _budget_spent(cfg, history):
+    """Whether a run with a time budget has trained it all (its history's last entry)."""
+    return cfg.get("time_budget") is not None and bool(history) and \
+        history[-1].get("train_seconds_total", 0.0) >= cfg["time_budget"]
 
 
 class Run:
     """A checked run: config, data pipelines, run folder, and the history to resume from."""
 
-    def __init__(self, cfg, out, splits, history, steps_per_epoch, model=None, lock=None):
+    def __init__(self, cfg, out, splits, history, steps_per_epoch, model=None, lock=None,
+                 epoch_examples=None):
         self.cfg, self.out, self.splits = cfg, out, splits
+        #: training examples per epoch (None: unknown, every batch counts as full)
+        self.epoch_examples = epoch_examples
         self.folder = RunFolder(out)
         self.history, self.steps = history, steps_per_epoch
         self.model, self.images = model, []  # images: the grids written after training
         self.lock = lock
-        #: the run had trained all its epochs when it was killed: train() only finishes it
-        self.completes = bool(history) and history[-1]["epoch"] >= cfg["epochs"]
+        #: the run had trained all its epochs (or spent its time budget) when it was killed:
+        #: train() only finishes it
+        self.completes = bool(history) and (history[-1]["epoch"] >= cfg["epochs"]
+                                            or _budget_spent(cfg, history))
 
     def _path(self, name):
         return self.folder.file(name)
@@ -523,10 +644,14 @@ class Run:
                 lambda_factor=cfg["guard_lambda_factor"],
                 rollbacks=rollbacks, reference=last)
         log = self._log = _RunLog(self.folder, cfg, paper, self.history, self.steps, guard)
+        clock = log.clock = _Clock(self.splits, cfg["batch_size"], self.epoch_examples,
+                                   cfg["time_budget"], cfg["eval_every_steps"],
+                                   *_clock_totals(self.history, self.steps))
         tensorboard = self._path("tensorboard")
         # the guard first: it may restore the state and rewrite the epoch's validation logs
         # before the checkpoint, metrics.json and the backup see them
-        callback_list = ([guard] if guard else [keras.callbacks.TerminateOnNaN()]) + [
+        # the clock first: its step times then hold the least of the other callbacks' work
+        callback_list = [clock] + ([guard] if guard else [keras.callbacks.TerminateOnNaN()]) + [
             best, log, keras.callbacks.TensorBoard(tensorboard, write_graph=False)]
         if cfg["geco_rate"]:
             callback_list.insert(0, snf_callbacks.Geco(cfg["geco_rate"]))
@@ -540,13 +665,16 @@ class Run:
         callback_list += list(extra_callbacks)
         # last, so that an epoch is backed up only after metrics.json and best.keras hold it
         callback_list.append(AtomicBackupAndRestore(self.folder.backup))
-        callback_list.append(_Progress(log, cfg["epochs"]))
+        callback_list.append(_Progress(log, cfg["epochs"], cfg["time_budget"]))
+        # a run whose budget was spent when it was killed: fit only restores its last epoch
+        epochs = self.history[-1]["epoch"] if clock.exhausted else cfg["epochs"]
         model.fit(self.splits["train"], validation_data=self.splits["validation"],
-                  epochs=cfg["epochs"], callbacks=callback_list, verbose=verbose, shuffle=False)
+                  epochs=epochs, callbacks=callback_list, verbose=verbose, shuffle=False)
 
-        # only TerminateOnNaN (no guard) or the guard giving up stop a run early
+        # only TerminateOnNaN (no guard), the guard giving up and the time budget stop a run early
         collapsed = guard is not None and guard.gave_up
-        diverged = collapsed or (guard is None and bool(model.stop_training))
+        diverged = collapsed or (guard is None and bool(model.stop_training)
+                                 and not clock.exhausted)
         if collapsed or diverged:
             log.status = "collapsed" if collapsed else "diverged"
             log.write()
@@ -611,7 +739,8 @@ class Run:
                   + ("--label 3 " if cfg["model_kwargs"].get("num_classes") else "")
                   + "-o samples.png",
                   f"  {command} export {checkpoint} {os.path.join(out, 'savedmodel')}",
-                  f"  {command} train {cfg['experiment']} --out {out} --resume --epochs {longer}"
-                  f"{data}   # train longer",
+                  f"  {command} train {cfg['experiment']} --out {out} --resume "
+                  + (f"--time-budget {2 * cfg['time_budget']:.0f}s" if cfg["time_budget"] else
+                     f"--epochs {longer}") + f"{data}   # train longer",
                   f"  tensorboard --logdir {os.path.join(out, 'tensorboard')}"]
         return "\n".join(lines)
