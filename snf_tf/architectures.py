@@ -104,6 +104,15 @@ def conv_flow(layer="selfnorm", num_blocks=3, convs_per_block=3, reconstruction_
     return FlowModel(flow, num_classes=num_classes, name=name, **kw)
 
 
+def _glow_conv(conv, kernel_size, reconstruction_weight, kw):
+    """The invertible convolution of a Glow step."""
+    if conv == "selfnorm":
+        return L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight, **kw)
+    if kernel_size == 1:
+        return L.Conv1x1(**kw)  # Glow's own: QR log-det, matrix inverse
+    return L.SelfNormConv2D(kernel_size, gradient="exact", reconstruction_weight=0.0, **kw)
+
+
 def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512, kernel_size=1,
          reconstruction_weight=100.0, split_hidden_channels=None, num_classes=None,
          context_dim=None, seed=None, name="glow", dtype=None):
@@ -111,7 +120,9 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     [ActNorm, invertible conv, affine coupling], and a SplitPrior after every block but the last.
 
     ``conv="selfnorm"``: ``SelfNormConv2D(kernel_size)`` (SNF Glow; λ = 100 on MNIST, 1000 on
-    CIFAR-10/ImageNet32); ``conv="exact"``: the exact Glow 1×1 conv (``Conv1x1``). MNIST uses
+    CIFAR-10/ImageNet32); ``conv="exact"``: the exact Glow 1×1 conv (``Conv1x1``), or for
+    ``kernel_size`` k > 1 a k×k conv trained with the exact gradient
+    (``SelfNormConv2D(k, gradient="exact")``: a slogdet of the conv's matrix every step). MNIST uses
     2 blocks × 16 steps, CIFAR-10 3 × 32, ImageNet32 3 × 48; the GECO model 2 × 4 with 5×5 SNF
     convs and width 16. ``steps_per_block`` and ``hidden_channels`` are one number for every block
     or a list with one entry per block (e.g. ``[2, 8]``: fewer steps at full resolution, more at the
@@ -127,8 +138,9 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
     couplings' networks (most of a Glow step's work) compute in half precision.
     """
     _check_choice(conv, ("selfnorm", "exact"), "conv")
-    if conv == "exact" and kernel_size != 1:
-        raise ValueError("the exact Glow baseline has 1×1 convs only; use conv='selfnorm'.")
+    kernel_size = check_positive_int(kernel_size, "kernel_size", "glow")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"glow: kernel_size must be odd ('same' convolutions), got {kernel_size}.")
     num_blocks = check_positive_int(num_blocks, "num_blocks", "glow")
     steps = _per_block(steps_per_block, num_blocks, "steps_per_block")
     widths = _per_block(hidden_channels, num_blocks, "hidden_channels")
@@ -144,8 +156,7 @@ def glow(conv="selfnorm", num_blocks=2, steps_per_block=16, hidden_channels=512,
         flow.append(L.Squeeze(**kw))
         for _ in range(steps[block]):
             flow.append(L.ActNorm(**kw))
-            flow.append(L.SelfNormConv2D(kernel_size, reconstruction_weight=reconstruction_weight,
-                                         **kw) if conv == "selfnorm" else L.Conv1x1(**kw))
+            flow.append(_glow_conv(conv, kernel_size, reconstruction_weight, kw))
             flow.append(L.AffineCoupling(widths[block], context_dim=width, **kw))
         if block < num_blocks - 1:
             flow.append(L.SplitPrior(split_hidden_channels, context_dim=width, **kw))

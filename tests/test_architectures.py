@@ -69,6 +69,17 @@ def test_glow_structure_mnist_and_cifar():
     assert len(splits) == 2
 
 
+def test_glow_kernel_sizes():
+    exact = architectures.glow(conv="exact", kernel_size=3, steps_per_block=1, hidden_channels=8)
+    convs = [layer for layer in exact.flow_layers if isinstance(layer, L.SelfNormConv2D)]
+    assert len(convs) == 2 and all(c.gradient == "exact" and c.kernel_size == 3 for c in convs)
+    assert np.all(np.isfinite(exact.log_prob(_mnist_like(2))))
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        architectures.glow(kernel_size=2)
+    with pytest.raises(ValueError, match="kernel_size must be a positive int"):
+        architectures.glow(kernel_size=0)
+
+
 def test_glow_per_block_steps_and_widths():
     model = architectures.glow(steps_per_block=[1, 3], hidden_channels=[8, 12])
     model.log_prob(_mnist_like(2))
@@ -112,5 +123,5 @@ def test_bad_choices():
         architectures.fc_flow("approximate")
     with pytest.raises(ValueError, match="layer"):
         architectures.conv_flow("dense")
-    with pytest.raises(ValueError, match="1×1"):
-        architectures.glow("exact", kernel_size=3)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        architectures.glow("emerging")

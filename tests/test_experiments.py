@@ -12,6 +12,7 @@ REFERENCE_NAMES = [
     "conv1x1_glow_imagenet", "selfnorm_glow_imagenet", "geco_selfnorm_glow_mnist",
     "small_selfnorm_glow_mnist", "small_selfnorm_glow_fashion_mnist", "conditional_glow_mnist",
     "conditional_glow_fashion_mnist", "small_geco_glow_mnist", "snf_timescaling",
+    "small_selfnorm3x3_glow_mnist", "small_conv1x1_glow_mnist", "small_exact3x3_glow_mnist",
 ]
 
 
@@ -193,3 +194,30 @@ def test_the_guard_is_on_everywhere_and_checks_rw_in_glow_only():
         glow = cfg["model"] == "glow" and not cfg["geco_rate"]  # GECO runs: λ grows instead
         assert cfg["guard_inverse_error"] == (experiments.GLOW_INVERSE_ERROR if glow else None)
     assert experiments.config("selfnorm_fc_mnist", guard=False)["guard"] is False
+
+
+def test_the_kxk_glow_study_models_differ_from_the_small_glow_only_in_their_convs():
+    """The equal-time study's Glows: the small SNF Glow with 3×3 SNF convs, with exact 1×1
+    convs, and with exact-gradient 3×3 convs; the same size and training otherwise."""
+    control = experiments.config("small_selfnorm_glow_mnist")
+    expected = {"small_selfnorm3x3_glow_mnist": ("selfnorm", 3),
+                "small_conv1x1_glow_mnist": ("exact", 1),
+                "small_exact3x3_glow_mnist": ("exact", 3)}
+    for name, (conv, kernel) in expected.items():
+        cfg = experiments.config(name)
+        kwargs = dict(cfg["model_kwargs"])
+        assert kwargs.pop("conv") == conv and kwargs.pop("kernel_size", 1) == kernel
+        same = {k: v for k, v in control["model_kwargs"].items() if k not in ("conv",)}
+        assert kwargs == same
+        strip = lambda c: {k: v for k, v in c.items()  # noqa: E731
+                           if k not in ("experiment", "model_kwargs")}
+        assert strip(cfg) == strip(control)
+        convs = [layer for layer in experiments.build_model(cfg).flow_layers
+                 if isinstance(layer, (L.SelfNormConv2D, L.Conv1x1))]
+        assert len(convs) == 8
+        if conv == "exact" and kernel == 1:
+            assert all(type(c) is L.Conv1x1 for c in convs)
+        else:
+            assert all(c.kernel_size == kernel for c in convs)
+            assert all(c.gradient == ("exact" if conv == "exact" else "self_normalized")
+                       for c in convs)

@@ -108,20 +108,32 @@ def _glow(dataset, conv, paper, value, **kwargs):
 GECO_RATE = 1e-3
 
 
-def _small_glow(dataset, description, paper, num_classes=None, geco=False):
+def _small_glow(dataset, description, paper, num_classes=None, geco=False, conv="selfnorm",
+                kernel_size=1):
     """The CPU-sized SNF Glow of the quick start (2×4 steps, width 64, λ = 100, lr 2e-3 after a
     1-epoch warm-up, 3 epochs), unconditional or class-conditional; with ``geco``, λ starts at 1
     and GECO adapts it (the guard then leaves ‖RW − I‖ alone: at λ = 1 healthy runs reach 0.7
-    and GECO, not a rollback, brings a drift back)."""
-    kwargs = {"conv": "selfnorm", "num_blocks": 2, "steps_per_block": 4, "hidden_channels": 64,
+    and GECO, not a rollback, brings a drift back). ``conv``/``kernel_size``: the step's
+    invertible convolution (:func:`snf_tf.architectures.glow`)."""
+    kwargs = {"conv": conv, "num_blocks": 2, "steps_per_block": 4, "hidden_channels": 64,
               "reconstruction_weight": 1.0 if geco else 100.0}
     prefix = "small_geco" if geco else "small_selfnorm"
     if num_classes:
         kwargs["num_classes"], prefix = num_classes, "conditional"
+    if kernel_size != 1:
+        kwargs["kernel_size"] = kernel_size
+    if conv == "exact":
+        prefix = "small_conv1x1" if kernel_size == 1 else f"small_exact{kernel_size}x{kernel_size}"
+    elif kernel_size != 1:
+        prefix += f"{kernel_size}x{kernel_size}"
+    kind = {("selfnorm", 1): "SNF 1×1 convs", ("exact", 1): "exact 1×1 convs"}.get(
+        (conv, kernel_size), f"{'SNF' if conv == 'selfnorm' else 'exact-gradient'} "
+        f"{kernel_size}×{kernel_size} convs")
     return _experiment(
-        f"{prefix}_glow_{dataset}", "small SNF Glow (2×4 steps, width 64, SNF 1×1 convs) on "
-        + description, dataset, "glow", paper, None, model_kwargs=kwargs, learning_rate=2e-3,
-        warmup_epochs=1, paper_epochs=3, geco_rate=GECO_RATE if geco else None,
+        f"{prefix}_glow_{dataset}", f"small {'SNF ' if conv == 'selfnorm' else ''}Glow (2×4 "
+        f"steps, width 64, {kind}) on " + description, dataset, "glow", paper, None,
+        model_kwargs=kwargs, learning_rate=2e-3, warmup_epochs=1, paper_epochs=3,
+        geco_rate=GECO_RATE if geco else None,
         guard_inverse_error=None if geco else GLOW_INVERSE_ERROR)
 
 
@@ -177,6 +189,15 @@ EXPERIMENTS = {e.name: e for e in (
                 "(conditional couplings, split and base)", 10),
     _small_glow("fashion_mnist", "Fashion-MNIST, class-conditional p(x | y)", "not in the "
                 "paper: class-conditional SNF Glow (conditional couplings, split and base)", 10),
+    # the equal-time study of an architecture only SNF affords: k×k mixing convolutions
+    _small_glow("mnist", "MNIST: 3×3 mixing convolutions, which only the self-normalized "
+                "gradient makes affordable", "not in the paper: small_selfnorm_glow_mnist with "
+                "3×3 SNF convs", kernel_size=3),
+    _small_glow("mnist", "MNIST: the exact 1×1 Glow at the small SNF Glow's size", "not in the "
+                "paper: a reduced conv1x1_glow_mnist", conv="exact"),
+    _small_glow("mnist", "MNIST: 3×3 convs trained with the exact gradient (what the 3×3 SNF "
+                "Glow would cost without SNF)", "not in the paper: the exact-gradient cost of "
+                "small_selfnorm3x3_glow_mnist", conv="exact", kernel_size=3),
     _experiment(
         "snf_timescaling", "one SNF (or exact) layer on N(0, 1) data of dimension D: time per "
         "batch vs D (Fig. 4; `snf-tf bench scaling` runs the sweep)", "normal", "single_layer",
