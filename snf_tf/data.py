@@ -72,15 +72,21 @@ def _augment(name):
     raise ValueError(f"no augmentation is defined for {name!r} (the reference uses none).")
 
 
-def num_examples(name, split, data_dir=None, limit=None):
-    """How many examples :func:`load` yields per epoch for ``name``, ``split`` and ``limit``,
-    from the tfds metadata (no data is read); ``FileNotFoundError`` as :func:`load`."""
+def _source(name, split, limit, data_dir):
+    """``(tfds split string, data folder)`` of one of the paper's splits (the first ``limit``
+    examples when given); ``ValueError`` for an unknown dataset."""
     if name not in SPLITS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     tfds_split = SPLITS[name].get(split, split)
     if limit is not None:
         tfds_split = _first(tfds_split, limit)
-    folder = data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR")
+    return tfds_split, data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR")
+
+
+def num_examples(name, split, data_dir=None, limit=None):
+    """How many examples :func:`load` yields per epoch for ``name``, ``split`` and ``limit``,
+    from the tfds metadata (no data is read); ``FileNotFoundError`` as :func:`load`."""
+    tfds_split, folder = _source(name, split, limit, data_dir)
     try:
         return int(tfds.builder(name, data_dir=folder).info.splits[tfds_split].num_examples)
     except AssertionError as error:  # tfds' DatasetNotFoundError
@@ -107,13 +113,8 @@ def load(name, split, batch_size, augment=False, data_dir=None, download=False, 
         limit: use only the first ``limit`` examples of the split (quick runs).
         labels: yield ``(image, label)`` pairs (int64 labels) instead of images.
     """
-    if name not in SPLITS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    tfds_split, folder = _source(name, split, limit, data_dir)
     batch_size = check_positive_int(batch_size, "batch_size", "data.load")
-    tfds_split = SPLITS[name].get(split, split)
-    if limit is not None:
-        tfds_split = _first(tfds_split, limit)
-    folder = data_dir if data_dir is not None else os.environ.get("TFDS_DATA_DIR")
     verbosity = absl_logging.get_verbosity()
     # tfds logs a warning per folder it looks into before it says the data is missing; the
     # error below says it in one line

@@ -443,9 +443,8 @@ class TrainCommand(Command):
             f" --data-dir {args.data_dir}" if args.data_dir else "")
         if prepared.completes:
             done = (f"its time budget of {prepared.cfg['time_budget']:.0f} s is spent"
-                    if prepared.cfg["time_budget"] and prepared.history[-1]["epoch"]
-                    < prepared.cfg["epochs"] else f"all {prepared.cfg['epochs']} epochs are "
-                    "trained")
+                    if prepared.budget_spent else
+                    f"all {prepared.cfg['epochs']} epochs are trained")
             print(f"{out}: {done}; writing the final outputs", flush=True)
         try:
             metrics = prepared.train(verbose=2 if args.quiet else "auto")

@@ -565,9 +565,10 @@ def _clock_totals(history, steps_per_epoch):
 
 
 def _budget_spent(cfg, history):
-    """Whether a run with a time budget has trained it all (its history's last entry)."""
-    return cfg.get("time_budget") is not None and bool(history) and \
-        history[-1].get("train_seconds_total", 0.0) >= cfg["time_budget"]
+    """Whether a run with a time budget has trained it all (by :func:`_clock_totals`, the
+    clock's own starting point)."""
+    return cfg.get("time_budget") is not None and \
+        _clock_totals(history, 0)[0] >= cfg["time_budget"]
 
 
 class Run:
@@ -582,10 +583,12 @@ class Run:
         self.history, self.steps = history, steps_per_epoch
         self.model, self.images = model, []  # images: the grids written after training
         self.lock = lock
+        #: the run has a time budget and had spent it
+        self.budget_spent = _budget_spent(cfg, history)
         #: the run had trained all its epochs (or spent its time budget) when it was killed:
         #: train() only finishes it
         self.completes = bool(history) and (history[-1]["epoch"] >= cfg["epochs"]
-                                            or _budget_spent(cfg, history))
+                                            or self.budget_spent)
 
     def _path(self, name):
         return self.folder.file(name)

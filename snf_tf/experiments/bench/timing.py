@@ -223,7 +223,7 @@ def main(argv=None):
                         default="float32",
                         help="Keras dtype policy of every model (default float32). Mixed: the "
                              "flow stays float32, the coupling networks compute in half "
-                             "precision (what a GPU speeds up; this CPU has no fast bf16)")
+                             "precision (what GPUs and CPUs with AMX-BF16 speed up)")
     parser.add_argument("--out", default="results", help="output folder")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.eval_images < 0 or args.eval_rounds < 1:
