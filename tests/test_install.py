@@ -91,3 +91,24 @@ def test_missing_data_is_one_line_that_says_how_to_get_it(venv, tmp_path):
     for hint in ("TFDS_DATA_DIR", "--data-dir", "tfds build mnist"):
         assert hint in lines[0]
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_the_documented_install_check_and_the_tfds_build_dependency(venv, tmp_path):
+    """docs/install.md's one-line check runs in the installed venv, and the wheel declares
+    importlib_resources, which tfds needs to build (download) a dataset but does not declare."""
+    env = _clean_env(tmp_path)
+    check = _run([venv / "bin" / "python", "-c", "import snf_tf; print(snf_tf.__version__)"],
+                 cwd=tmp_path, env=env)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert check.stdout.strip() == (ROOT / "snf_tf" / "__init__.py").read_text().split(
+        '__version__ = "')[1].split('"')[0]
+    info = _run([venv / "bin" / "snf-tf", "info"], cwd=tmp_path, env=env)
+    assert info.returncode == 0 and "tensorflow" in info.stdout.lower(), info.stderr[-2000:]
+    requires = _run([venv / "bin" / "python", "-c",
+                     "import importlib.metadata as m, importlib_resources; "
+                     "print('\\n'.join(m.requires('snf-tf')))"], cwd=tmp_path, env=env)
+    assert requires.returncode == 0, requires.stderr[-2000:]
+    assert any(line.startswith("importlib_resources") or line.startswith("importlib-resources")
+               for line in requires.stdout.splitlines()), requires.stdout
+    text = (ROOT / "docs" / "install.md").read_text()
+    assert 'python -c "import snf_tf; print(snf_tf.__version__)" && snf-tf info' in text
