@@ -4,9 +4,13 @@
    site's own host must name a file of the site (a folder means its ``index.html``), and a
    ``#fragment`` on another page must be an ``id`` on that page.
 2. Rendering, in headless Chromium against the served site (``--url``): the home page, the quick
-   start and the SelfNormDense API entry load with the Material theme (its header, its colour in a
-   screenshot), the expected main heading, and on the API page a rendered signature. Screenshots
-   (1280×1600 PNG) go to ``--screenshots``.
+   start, the own-data tutorial and the SelfNormDense API entry load with the Material theme
+   (its header, its colour in a screenshot), the expected main heading, and on the API page a
+   rendered signature and rendered formulas. Screenshots (1280×1600 PNG) go to ``--screenshots``.
+3. Every page, laid out by Chromium at 1280 px (a probe page served beside the site opens each in
+   a same-origin iframe and measures it): no code block wider than its column (the end of a line
+   would be hidden behind a scroll bar), no raw LaTeX or ``:math:`` role in the text a reader
+   sees (KaTeX's hidden MathML copy excepted), no formula that KaTeX failed on or never rendered.
 
 Exits 1 with one line per failure, naming the page and the link or the check.
 
@@ -14,6 +18,7 @@ Exits 1 with one line per failure, naming the page and the link or the check.
 """
 
 import argparse
+import html
 import html.parser
 import os
 import pathlib
@@ -28,10 +33,70 @@ PAGES = [
     ("", "snf_tf", ["Self Normalizing Flows", "Quick start"], "home.png"),
     ("quickstart/", "Quick start", ["bash scripts/train_mnist.sh", "What you get"],
      "quickstart.png"),
+    ("tutorials/own_data/", "Your own data", ["Which layers for which data", "val_nll"],
+     "own_data.png"),
     ("api/layers/#snf_tf.layers.selfnorm.SelfNormDense", "Layers",
      ["SelfNormDense", "SelfNormConv2D", "reconstruction_weight"], "api_selfnormdense.png"),
 ]
 SIGNATURE_OF = {"api_selfnormdense.png": "SelfNormDense("}
+MATH_ON = {"api_selfnormdense.png"}  # pages whose formulas must come out rendered by KaTeX
+PROBE = "_check_layout.html"  # written into the served site for the layout checks, then removed
+
+# The layout probe: loads each page in a 1280×1600 iframe, waits for KaTeX, then measures.
+_PROBE_HTML = r"""<!doctype html><meta charset="utf-8"><title>layout probe</title><body><script>
+const PAGES = %s;
+const LATEX = new RegExp(String.raw`\\(mathrm|mathcal|mathbb|frac|tfrac|quad|qquad|textstyle|` +
+  String.raw`text|sum|log|det|lvert|rvert|bigl?|bigr?|Big|left|right|mid|cdot|partial|exp|` +
+  String.raw`operatorname)(?![A-Za-z])|:math:`);
+function visibleText(doc) {
+  const walker = doc.createTreeWalker(doc.body, NodeFilter.SHOW_TEXT, {acceptNode(node) {
+    // Python sources shown as code may hold a docstring's LaTeX: that is source, not prose.
+    const skip = node.parentElement.closest(
+      ".katex-mathml, script, style, .md-search, .language-python, .language-pycon");
+    return skip ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT; }});
+  const parts = [];
+  while (walker.nextNode()) parts.push(walker.currentNode.nodeValue);
+  return parts.join("");
+}
+async function measure(page) {
+  const frame = document.createElement("iframe");
+  frame.style.width = "1280px"; frame.style.height = "1600px";
+  await new Promise((done) => {
+    frame.onload = done; frame.src = page; document.body.append(frame);
+  });
+  await new Promise((done) => setTimeout(done, 500));
+  const doc = frame.contentDocument, found = [];
+  for (const code of doc.querySelectorAll("pre > code")) {
+    if (code.scrollWidth > code.clientWidth + 1) {
+      const line = code.textContent.split("\n").reduce((a, b) => (b.length > a.length ? b : a));
+      const over = code.scrollWidth - code.clientWidth;
+      found.push(`code block wider than its column by ${over} px: ${line.trim().slice(0, 90)}`);
+    }
+  }
+  const text = visibleText(doc), latex = text.match(LATEX);
+  if (latex) {
+    const at = text.indexOf(latex[0]);
+    const around = text.slice(Math.max(0, at - 40), at + 50).replace(/\s+/g, " ");
+    found.push(`raw LaTeX in the text: ...${around}...`);
+  }
+  for (const error of doc.querySelectorAll(".katex-error")) {
+    found.push(`KaTeX error: ${error.title}`);
+  }
+  const formulas = [...doc.querySelectorAll(".arithmatex")];
+  const unrendered = formulas.find((m) => !m.querySelector(".katex"));
+  if (unrendered) found.push(`formula not rendered: ${unrendered.textContent.slice(0, 60)}`);
+  frame.remove();
+  return found.map((what) => `${page}: ${what}`);
+}
+(async () => {
+  const failures = [];
+  for (const page of PAGES) failures.push(...(await measure(page)));
+  const out = document.createElement("pre");
+  out.id = "probe-result"; out.textContent = JSON.stringify({pages: PAGES.length, failures});
+  document.body.append(out);
+})();
+</script></body>
+"""
 THEME_HEADER_RGB = (63, 81, 181)  # Material's "indigo" primary colour, the header's background
 
 
@@ -173,6 +238,8 @@ def check_pages(url, screenshots, binary):
         for expected in texts:
             if expected not in text:
                 failures.append(f"{page_url}: the rendered page does not contain {expected!r}")
+        if shot in MATH_ON and ("katex" not in page.classes or "katex-error" in page.classes):
+            failures.append(f"{page_url}: its formulas were not rendered by KaTeX")
         signature = SIGNATURE_OF.get(shot)
         if signature:
             if "doc-signature" not in page.classes:
@@ -189,6 +256,34 @@ def check_pages(url, screenshots, binary):
             failures.append(f"{page_url}: header pixel {colour} is not the theme's indigo "
                             f"{THEME_HEADER_RGB}: the stylesheet did not load")
     return failures
+
+
+def check_layout(site, url, binary):
+    """Failures of the layout probe (module docstring, 3) over every page of the site."""
+    import json
+    import re
+
+    site = pathlib.Path(site).resolve()
+    pages = sorted(path.relative_to(site).as_posix() for path in site.rglob("index.html"))
+    pages = ["./" + page[: -len("index.html")] for page in pages]
+    probe = site / PROBE
+    probe.write_text(_PROBE_HTML % json.dumps(pages), encoding="utf-8")
+    try:
+        args = _chromium_args(binary)
+        # Virtual time runs only while the page idles; 2 s of it per page is ample.
+        args = [a for a in args if not a.startswith("--virtual-time-budget")]
+        args += [f"--virtual-time-budget={2000 * len(pages) + 5000}", "--dump-dom",
+                 urllib.parse.urljoin(url, PROBE)]
+        dom = _run_chromium(args, PROBE)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        return [f"layout probe: {error}"], 0
+    finally:
+        probe.unlink(missing_ok=True)
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.S)
+    if not found:
+        return [f"layout probe: no result after {len(pages)} pages (the probe did not finish)"], 0
+    result = json.loads(html.unescape(found.group(1)))
+    return result["failures"], result["pages"]
 
 
 def _text_of_signatures(dom):
@@ -235,6 +330,10 @@ def main(argv=None):
         print(f"check_site: {len(PAGES)} pages rendered in Chromium, screenshots in "
               f"{args.screenshots}/, {len(page_failures)} failure(s)")
         failures += page_failures
+        layout_failures, probed = check_layout(args.site, args.url, binary)
+        print(f"check_site: {probed} pages laid out at 1280 px (code width, raw LaTeX, "
+              f"formulas), {len(layout_failures)} failure(s)")
+        failures += layout_failures
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -2,9 +2,11 @@
 # The documentation site, checked in a real browser:
 #   1. builds it with `mkdocs build --strict` into a temporary folder,
 #   2. serves it with `python -m http.server` on a free port of 127.0.0.1 (loopback only),
-#   3. runs scripts/check_site.py: every internal link of the built HTML resolves, and headless
-#      Chromium renders the home page, the quick start and the SelfNormDense API entry (title,
-#      main heading, theme, signature), with 1280×1600 screenshots.
+#   3. runs scripts/check_site.py: every internal link of the built HTML resolves; headless
+#      Chromium renders the home page, the quick start, the own-data tutorial and the
+#      SelfNormDense API entry (title, main heading, theme, signature, formulas), with 1280×1600
+#      screenshots; and every page, laid out at 1280 px, has no code block wider than its
+#      column, no raw LaTeX and no formula KaTeX failed on.
 # Usage: bash scripts/docs.sh [SCREENSHOT_DIR]   (default docs-check/, which git ignores)
 # PYTHON=/path/to/python uses that interpreter (it needs the docs extra); otherwise the project's
 # .venv is set up as by the other scripts. Installs Chromium with apt-get if it is missing.

@@ -3,20 +3,44 @@
 snf_tf's docstrings are Google style with a few reStructuredText habits that Markdown would
 render badly. This rewrites them for the site only (the source stays as it is):
 
-- ``.. math::`` directives become fenced ``latex`` code blocks (the site loads no math JavaScript:
-  it must work offline);
+- ``.. math::`` directives become ``$$`` blocks and ``:math:`…``` roles ``\\( … \\)``: the
+  arithmatex extension marks them and the KaTeX shipped under ``docs/assets/katex/`` renders
+  them in the browser (offline);
 - Sphinx roles such as ``:class:`FlowLayer``` become plain inline code;
 - ``>>>`` doctest lines become fenced ``pycon`` blocks (Markdown would read ``>`` as a quote);
 - reStructuredText simple tables (``====  ====`` borders) become Markdown tables, or bullet lists
-  when they have no header row.
+  when they have no header row;
+- citations of a docs page, ``docs/NAME.md: section, section`` or ``docs/NAME.md, "Heading"``,
+  become links to that page, ``[NAME: section](../NAME.md#anchor)`` (the API pages are
+  ``docs/api/*.md``, one folder down). A section links to a heading of the page whose anchor it
+  spells (``layer details`` → ``#layer-details``; the longest run of words that does, so
+  ``image pipeline training loop`` links both); words that name no heading stay text, and a
+  citation that names no heading links the page alone, ``[NAME](../NAME.md)``. Fenced code is
+  left alone.
+
+It also hides private base classes: a class's ``Bases:`` line shows the public bases of a private
+base (``SelfNormDense(_SelfNormLayer)`` shows ``Bases: FlowLayer``), once the package is loaded.
 """
 
+import functools
+import pathlib
 import re
 
 import griffe
+from markdown.extensions.toc import slugify
 
 _ROLE = re.compile(r":(?:class|func|meth|attr|mod|data|exc|obj):`~?([^`]+)`")
+_MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _BORDER = re.compile(r"^\s*=+(\s+=+)+\s*$")
+_DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+# ``docs/NAME.md`` or docs/NAME.md, then ": sections" (up to ; : ( ) . " or a blank line), or
+# ', "Heading"', or ", heading" (up to the next delimiter).
+_DOC_CITATION = re.compile(
+    r"(?:``docs/(?P<code>\w+)\.md``|(?<![\w/.])docs/(?P<name>\w+)\.md)"
+    r"(?:(?P<colon>:[ \t]*\n?[ \t]*)(?P<sections>(?:[^;:()\".\n]|\n(?![ \t]*\n))+)"
+    r"|(?P<qcomma>,\s+)\"(?P<quoted>[^\"]+)\""
+    r"|(?P<comma>,[ \t]+)(?P<words>[^;:()\".,\n]+))?")
+_FENCED = re.compile(r"(^[ \t]*```.*?^[ \t]*```[^\n]*$)", re.M | re.S)
 
 
 def _indent(line):
@@ -51,8 +75,79 @@ def _table(lines, base):
     return out + [pad + "| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
+@functools.cache
+def _anchors(name):
+    """The heading anchors of docs/NAME.md, as the site's toc extension spells them."""
+    anchors, fenced = set(), False
+    for line in (_DOCS / f"{name}.md").read_text().split("\n"):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            anchors.add(slugify(line.lstrip("#").strip().rstrip("#").strip(), "-"))
+    return anchors
+
+
+def _sections(name, text):
+    """``text`` cut into ``(is_heading, piece)``: runs of words that spell a heading of the page."""
+    anchors = _anchors(name)
+    words = list(re.finditer(r"[^\s,]+", text))
+    pieces, at, i = [], 0, 0
+    while i < len(words):
+        for j in range(len(words), i, -1):
+            span = text[words[i].start():words[j - 1].end()]
+            if "," not in span and slugify(span, "-") in anchors:
+                if words[i].start() > at:
+                    pieces.append((False, text[at:words[i].start()]))
+                pieces.append((True, span))
+                at, i = words[j - 1].end(), j
+                break
+        else:
+            i += 1
+    if at < len(text):
+        pieces.append((False, text[at:]))
+    return pieces
+
+
+def _link(name, section=None, prefix=True):
+    if section is None:
+        return f"[{name}](../{name}.md)"
+    label = " ".join(section.split())
+    return f"[{name + ': ' if prefix else ''}{label}](../{name}.md#{slugify(section, '-')})"
+
+
+def _cite(match):
+    name = match["code"] or match["name"]
+    if not (_DOCS / f"{name}.md").is_file():
+        return match[0]
+    if match["quoted"] is not None:
+        if slugify(match["quoted"], "-") in _anchors(name):
+            return _link(name, match["quoted"])
+        return _link(name) + match["qcomma"] + f'"{match["quoted"]}"'
+    if match["words"] is not None:
+        words = match["words"].rstrip()
+        if slugify(words, "-") in _anchors(name):
+            return _link(name, words) + match["words"][len(words):]
+        return _link(name) + match["comma"] + match["words"]
+    if match["sections"] is not None:
+        pieces = _sections(name, match["sections"])
+        rest = "".join(_link(name, piece, prefix=False) if heading else piece
+                       for heading, piece in pieces[1:])
+        if pieces[0][0]:  # the first section names a heading: "[NAME: section](...)"
+            return _link(name, pieces[0][1]) + rest
+        return _link(name) + match["colon"] + pieces[0][1] + rest
+    return _link(name)
+
+
+def _link_citations(text):
+    """Citations of docs pages outside fenced code become links (the module docstring)."""
+    parts = _FENCED.split(text)
+    parts[::2] = [_DOC_CITATION.sub(_cite, part) for part in parts[::2]]
+    return "".join(parts)
+
+
 def _rewrite(text):
-    lines = _ROLE.sub(r"`\1`", text).split("\n")
+    text = _MATH_ROLE.sub(lambda m: "\\(" + m.group(1) + "\\)", _ROLE.sub(r"`\1`", text))
+    lines = text.split("\n")
     out = []
     fenced = False
     i = 0
@@ -77,10 +172,9 @@ def _rewrite(text):
             body = [b for b in block if b.strip()]
             cut = min((_indent(b) for b in body), default=0)
             pad = " " * base
-            out.append(f"{pad}```latex")
-            out.extend(pad + b[cut:] if b.strip() else "" for b in block)
-            out.append(f"{pad}```")
-            out.append("")
+            out.extend(["", f"{pad}$$"])
+            out.extend(pad + b[cut:] for b in block if b.strip())
+            out.extend([f"{pad}$$", ""])
             continue
         if _BORDER.match(line):
             base = _indent(line)
@@ -101,12 +195,60 @@ def _rewrite(text):
             continue
         out.append(line)
         i += 1
-    return "\n".join(out)
+    return _link_citations("\n".join(out))
+
+
+def _resolve(cls, base):
+    """The class a base expression of ``cls`` names, or None when it is not loaded."""
+    path = base if isinstance(base, str) else base.canonical_path
+    try:
+        resolved = cls.modules_collection.get_member(path)
+        return resolved.final_target if resolved.is_alias else resolved
+    except (griffe.AliasResolutionError, griffe.CyclicAliasError, KeyError):
+        return None
+
+
+def _public_bases(cls):
+    """``cls.bases`` with every private base replaced by its own public bases (if it resolves)."""
+    bases = []
+    for base in cls.bases:
+        name = (base if isinstance(base, str) else base.canonical_path).rpartition(".")[2]
+        resolved = _resolve(cls, base) if name.startswith("_") else None
+        found = [base] if not name.startswith("_") else \
+            _public_bases(resolved) if resolved is not None and resolved.is_class else []
+        bases.extend(b for b in found if str(b) not in map(str, bases))
+    return bases
+
+
+class _ShownBases(griffe.Class):
+    """A class whose ``bases`` are the ones its ``Bases:`` line shows, while its inheritance
+    (``resolved_bases``, hence the MRO, ``inherited_members`` and the merged ``__init__``) keeps
+    the real ones: ``SelfNormDense`` still inherits ``refresh_log_det`` from ``_SelfNormLayer``."""
+
+    @property
+    def resolved_bases(self):
+        resolved = (_resolve(self, base) for base in self.real_bases)
+        return [base for base in resolved if base is not None]
+
+
+def _classes(obj):
+    for member in obj.members.values():
+        if not member.is_alias and (member.is_module or member.is_class):
+            if member.is_class:
+                yield member
+            yield from _classes(member)
 
 
 class SiteDocstrings(griffe.Extension):
-    """Rewrites every docstring as the module docstring above says."""
+    """Rewrites every docstring, and hides private bases, as the module docstring above says."""
 
     def on_object(self, *, obj, **kwargs):
         if obj.docstring is not None:
             obj.docstring.value = _rewrite(obj.docstring.value)
+
+    def on_package(self, *, pkg, **kwargs):
+        classes = [cls for cls in _classes(pkg) if type(cls) is griffe.Class]
+        shown = [_public_bases(cls) for cls in classes]  # all computed from the real bases
+        for cls, bases in zip(classes, shown):
+            if [str(b) for b in bases] != [str(b) for b in cls.bases]:
+                cls.__class__, cls.real_bases, cls.bases = _ShownBases, cls.bases, bases

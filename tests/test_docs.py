@@ -77,6 +77,12 @@ def test_site_builds_strict_and_its_links_resolve(tmp_path):
     # The API entry of SelfNormDense at its stable URL, with a rendered signature.
     api = (site / "api" / "layers" / "index.html").read_text()
     assert 'id="snf_tf.layers.selfnorm.SelfNormDense"' in api and "doc-signature" in api
+    # scripts/docs_griffe.py: private bases are hidden (SelfNormDense shows Bases: FlowLayer, and
+    # still inherits refresh_log_det), and "docs/paper.md: layer details" links to the page.
+    bases = re.findall(r'class="doc doc-class-bases">(.*?)</p>', api, re.S)
+    assert bases and not [b for b in bases if "_SelfNormLayer" in b or "_NHWCLayer" in b], bases
+    assert 'id="snf_tf.layers.selfnorm.SelfNormDense.refresh_log_det"' in api
+    assert 'href="../../paper/#layer-details"' in api
     # Snippets: the tested example layer, the examples' sources, RESULTS.md with its figures.
     assert "ElementwiseAffine" in (site / "adding_a_layer" / "index.html").read_text()
     assert "_MetricsFile" in (site / "tutorials" / "fc_mnist" / "index.html").read_text()
@@ -88,12 +94,17 @@ def test_site_builds_strict_and_its_links_resolve(tmp_path):
 def test_docstrings_are_rewritten_for_the_site():
     """scripts/docs_griffe.py: reStructuredText habits of the docstrings become Markdown."""
     rewrite = _load_script("docs_griffe")._rewrite
-    text = rewrite("See :class:`FlowLayer`.\n\n.. math::\n    z = x W\n\n>>> f(1)\n2\n\n"
+    text = rewrite("See :class:`FlowLayer`, :math:`\\log p`.\n\n.. math::\n    z = x W\n\n"
+                   ">>> f(1)\n2\n\n"
                    "=====  =====\n``a``  first\n       more\n``b``  second\n=====  =====\n")
-    assert "See `FlowLayer`." in text
-    assert "```latex\nz = x W\n```" in text
+    assert "See `FlowLayer`, \\(\\log p\\)." in text
+    assert "\n$$\nz = x W\n$$\n" in text
     assert "```pycon\n>>> f(1)\n2\n```" in text
     assert "- ``a``: first more\n- ``b``: second" in text
+    cited = rewrite("Details (docs/paper.md: layer\n    details; reference). "
+                    "See ``docs/design.md``.")
+    assert "([paper: layer details](../paper.md#layer-details); reference)." in cited
+    assert "See [design](../design.md)." in cited
 
 
 @pytest.mark.slow
@@ -107,4 +118,4 @@ def test_site_in_a_real_browser(tmp_path):
                          text=True, timeout=600, env=dict(os.environ, PYTHON=sys.executable))
     assert out.returncode == 0, out.stdout + out.stderr
     assert sorted(p.name for p in shots.glob("*.png")) == [
-        "api_selfnormdense.png", "home.png", "quickstart.png"]
+        "api_selfnormdense.png", "home.png", "own_data.png", "quickstart.png"]

@@ -318,7 +318,12 @@ class SelfNormDense(_SelfNormLayer):
     factor ½ (the objective is ½ log p_f + ½ log p_g), and ``λ‖R W x − x‖²`` keeps R an inverse:
 
     .. math::
-        ∂L/∂W = ½(δ xᵀ − Rᵀ) + ∂_W rec,\quad ∂L/∂R = ½(−δ_x (Wx)ᵀ + Wᵀ) + ∂_R rec.
+        \frac{∂L}{∂W} = \tfrac12\bigl(x^\topδ − R^\top\bigr) + \frac{∂\,\mathrm{rec}}{∂W},\qquad
+        \frac{∂L}{∂R} = \tfrac12\bigl(−(z − b)^\topδ_x + W^\top\bigr) + \frac{∂\,\mathrm{rec}}{∂R},
+
+    with L the negative log-likelihood, δ = ∂L/∂z the gradient that arrives from the layers
+    above and δ_x = ∂L/∂x the one passed below (one row per example, the products summed over
+    the batch), and rec = λ‖x W R − x‖².
 
     Args:
         units: optional; if given it must equal the input dimension D (the layer is square).
@@ -402,8 +407,13 @@ class SelfNormConv2D(_SelfNormLayer):
     kernel and ``m`` the number of positions each kernel tap touches:
 
     .. math::
-        ∂L/∂w = ½(δ_z ⋆ x − flip(r)⊙m) + ∂_w rec,\quad
-        ∂L/∂r = ½(−δ_x ⋆ (z−b) + flip(w)⊙m) + ∂_r rec.
+        \frac{∂L}{∂w} = \tfrac12\bigl(x ⋆ δ − \mathrm{flip}(r) ⊙ m\bigr)
+            + \frac{∂\,\mathrm{rec}}{∂w},\qquad
+        \frac{∂L}{∂r} = \tfrac12\bigl(−(z − b) ⋆ δ_x + \mathrm{flip}(w) ⊙ m\bigr)
+            + \frac{∂\,\mathrm{rec}}{∂r},
+
+    with δ = ∂L/∂z and δ_x = ∂L/∂x as for ``SelfNormDense`` and ``a ⋆ b`` the kernel-shaped
+    correlation of input and output gradient (the weight gradient of an ordinary conv).
 
     The exact log-det is ``H·W·log|det w|`` for 1×1 kernels and ``log|det T(w)|`` otherwise.
 
