@@ -203,6 +203,77 @@ def test_log_det_equals_slogdet_of_autodiff_jacobian(case, mode):
         np.testing.assert_allclose(cheap, log_det, rtol=1e-10, atol=1e-10)
 
 
+def _jacobians(forward, x):
+    """``[batch, D, D]`` autodiff Jacobians of ``forward`` (per example) at ``x``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reshape(forward(x), [x.shape[0], -1])
+    jac = tape.batch_jacobian(y, x).numpy()
+    return jac.reshape(jac.shape[0], jac.shape[1], -1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_public_numbers_equal_independent_references(case, mode):
+    """The numbers a layer returns besides ``forward``/``inverse``, in every mode, against
+    computations that do not use them: ``exact_log_abs_det()`` of a constant-Jacobian layer is
+    the slogdet of the autodiff Jacobian of ``forward`` at every x (and at a second per-example
+    shape where the layer takes one); ``Conv1x1.log_abs_det_per_pixel()`` is NumPy's slogdet of
+    its C×C kernel; ``inverse_error()`` is ‖J − I‖_F of the autodiff Jacobian J of x ↦
+    inverse(forward(x)) through the learned inverse, and ``reconstruction_loss(x)`` is λ times
+    the batch mean of Σ (that map's output − x)², in NumPy; a layer without a learned inverse has a
+    reconstruction loss of exactly 0."""
+    layer = _built(case)
+    x = tf.constant(_inputs(case, 3, seed=12))
+    c = _ctx(case, x)
+
+    def numbers():
+        out = {"recon": layer.reconstruction_loss(x)}
+        if layer.constant_jacobian:  # a channels-only layer is told the H×W it is asked about
+            out["log_abs_det"] = layer.exact_log_abs_det(
+                case.shape if layer.channels_only else None)
+        if layer.learns_inverse:
+            out["inverse_error"] = layer.inverse_error()
+        if isinstance(layer, L.Conv1x1):
+            out["per_pixel"] = layer.log_abs_det_per_pixel()
+        return out
+
+    got = {k: np.asarray(v) for k, v in _in_mode(mode, case, layer, numbers).items()}
+    if layer.constant_jacobian:
+        jac = _jacobians(lambda v: layer.forward(v, exact=True, **c)[0], x)
+        np.testing.assert_allclose(np.linalg.slogdet(jac)[1], np.full(3, got["log_abs_det"]),
+                                   rtol=1e-10, atol=1e-10)
+    if isinstance(layer, L.Conv1x1):
+        np.testing.assert_allclose(got["per_pixel"],
+                                   np.linalg.slogdet(layer.kernel.numpy()[0, 0])[1], rtol=1e-10,
+                                   atol=1e-12)
+    if layer.learns_inverse:
+        jac = _jacobians(lambda v: layer.inverse(layer.forward(v, **c)[0], **c), x)
+        eye = np.eye(jac.shape[1])
+        np.testing.assert_allclose(got["inverse_error"], np.linalg.norm(jac[0] - eye), rtol=1e-8)
+        assert got["inverse_error"] > 1e-3  # _built perturbed R off W⁻¹
+        x_np = x.numpy().reshape(3, -1)
+        back = x_np @ jac[0].T  # the map is linear (bias-free: R(W x + b − b))
+        weight = float(layer.reconstruction_weight.numpy())
+        expected = weight * np.mean(np.sum((back - x_np) ** 2, axis=1))
+        np.testing.assert_allclose(got["recon"], expected, rtol=1e-8)
+    else:
+        assert got["recon"] == 0
+    if mode == "eager" and layer.constant_jacobian and layer.preserves_shape \
+            and len(case.shape) == 3:
+        # a second per-example shape: the log-det must scale with it as forward's does
+        h, w, ch = case.shape
+        other = (h + 2, w + 2, ch)
+        try:
+            value = layer.exact_log_abs_det(event_shape=other)
+            x2 = tf.constant(np.random.default_rng(13).uniform(0.05, 0.95, (2,) + other))
+            jac = _jacobians(lambda v: layer.forward(v, exact=True)[0], x2)
+        except ValueError:
+            return  # the layer is tied to its built shape (k×k Toeplitz caches, dense shapes)
+        np.testing.assert_allclose(np.linalg.slogdet(jac)[1], np.full(2, value), rtol=1e-10,
+                                   atol=1e-10)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_trainable_weight_gets_a_gradient(case, mode):
