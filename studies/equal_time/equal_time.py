@@ -60,6 +60,22 @@ def time_to(evaluations, target, key="val_nll"):
     return None
 
 
+def step_ms(evaluations, last):
+    """Milliseconds per training step: over the whole run, and the median over the intervals
+    between evaluations (robust to a stretch in which something else used the CPU)."""
+    steps, seconds = last.get("steps_total"), last.get("train_seconds_total")
+    whole = 1000 * seconds / steps if steps else None
+    rates, previous = [], {"step": 0, "train_seconds": 0.0}
+    for p in evaluations:
+        if p["step"] > previous["step"]:
+            rates.append(1000 * (p["train_seconds"] - previous["train_seconds"])
+                         / (p["step"] - previous["step"]))
+        previous = p
+    rates = sorted(rates[1:]) or sorted(rates)  # the first interval holds the graph tracing
+    median = rates[len(rates) // 2] if rates else None
+    return {"ms_per_step": whole, "median_ms_per_step": median}
+
+
 def summarise(name, metrics, config, reference_final=None, reference_time=None):
     evaluations = points(metrics)
     budget = config["time_budget"]
@@ -73,7 +89,8 @@ def summarise(name, metrics, config, reference_final=None, reference_time=None):
         row[f"test_nll_{label}"] = best and best["test_nll"]
     last = metrics["epochs"][-1]
     row.update(final_val_nll=last.get("val_nll"), final_test_nll=last.get("test_nll"),
-               train_seconds=last.get("train_seconds_total"))
+               train_seconds=last.get("train_seconds_total"), steps_total=last.get("steps_total"))
+    row.update(step_ms(evaluations, last))
     target = reference_final if reference_final is not None else row["final_val_nll"]
     row["seconds_to_reference_nll"] = time_to(evaluations, target)
     if reference_time and row["seconds_to_reference_nll"] is not None:
@@ -114,6 +131,8 @@ def main(argv=None):
     parser.add_argument("--group", action="append", required=True,
                         metavar="NAME=REFERENCE_RUN,RUN,...")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print each group as a Markdown table (RESULTS.md's form)")
     args = parser.parse_args(argv)
     report, plotted = {}, {}
     for text in args.group:
@@ -136,14 +155,17 @@ def main(argv=None):
         print(f"{group}: reference {rows[0]['run']} (final validation NLL "
               f"{reference_final:.2f} after {rows[0]['train_seconds']:.0f} s)")
         print(f"  {'run':28s} {'val ¼':>8s} {'val ½':>8s} {'val 1':>8s} {'test 1':>8s} "
-              f"{'s to ref':>8s} {'ratio':>6s}")
+              f"{'s to ref':>8s} {'ratio':>6s} {'ms/step':>8s} {'median':>7s}")
         for r in rows:
             ratio = r.get("time_ratio_to_reference")
             reach = r["seconds_to_reference_nll"]
             print(f"  {r['run']:28s} {_f(r['val_nll_quarter'])} {_f(r['val_nll_half'])} "
                   f"{_f(r['val_nll_full'])} {_f(r['test_nll_full'])} "
                   f"{'never' if reach is None else f'{reach:.0f}':>8s} "
-                  f"{'' if ratio is None else f'{ratio:.2f}':>6s}")
+                  f"{'' if ratio is None else f'{ratio:.2f}':>6s} {_f(r['ms_per_step'])} "
+                  f"{_f(r['median_ms_per_step'])[1:]}")
+        if args.markdown:
+            print(markdown_table(rows))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "equal_time.json"), "w") as f:
         json.dump({"groups": report, "runs": {g: [{k: v for k, v in r.items()
@@ -152,6 +174,27 @@ def main(argv=None):
     _plot(plotted, os.path.join(args.out, "equal_time.png"))
     print(f"wrote {args.out}/equal_time.json and equal_time.png")
     return report
+
+
+def markdown_table(rows):
+    """One group as RESULTS.md's table: the reference (first row) and the others."""
+    budget = rows[0]["budget_seconds"]
+    target = rows[0]["final_val_nll"]
+    head = (f"| model | steps in {budget:.0f} s | ms/step (median) | val NLL at {budget / 4:.0f} s "
+            f"| at {budget / 2:.0f} s | at {budget:.0f} s | test NLL at {budget:.0f} s "
+            f"| time to the reference's final val NLL ({target:.1f}) |")
+    lines = [head, "|---" * 8 + "|"]
+    for r in rows:
+        reach = r["seconds_to_reference_nll"]
+        ratio = r.get("time_ratio_to_reference")
+        reach_text = "never" if reach is None else f"{reach:.0f} s" + (
+            f" ({ratio:.2f}×)" if ratio is not None and r is not rows[0] else "")
+        lines.append(
+            f"| {r['experiment']} | {r['steps_total']:,} | {_f(r['median_ms_per_step']).strip()} | "
+            f"{_f(r['val_nll_quarter']).strip()} | {_f(r['val_nll_half']).strip()} | "
+            f"{_f(r['val_nll_full']).strip()} | {_f(r['test_nll_full']).strip()} | "
+            f"{reach_text} |".replace(",", " "))
+    return "\n".join(lines)
 
 
 def _epoch_examples(metrics):
