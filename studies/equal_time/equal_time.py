@@ -26,8 +26,18 @@ from snf_tf.experiments.run_folder import RunFolder
 
 
 def points(metrics):
-    """Every exact evaluation of a run, in order: ``eval_points`` of all epochs."""
-    return [p for entry in metrics["epochs"] for p in entry.get("eval_points", [])]
+    """Every exact evaluation of a run, in order: ``eval_points`` of all epochs, then the
+    evaluation that ended the run (at the first batch past the budget) when it came later."""
+    evaluations = [p for entry in metrics["epochs"] for p in entry.get("eval_points", [])]
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    step = last.get("steps_total")
+    if step and math.isfinite(last.get("val_nll", math.nan)) and (
+            not evaluations or step > evaluations[-1]["step"]):
+        evaluations.append({"step": step, "examples": last["examples_total"],
+                            "train_seconds": last["train_seconds_total"],
+                            **{key: last.get(key, math.nan)
+                               for key in ("val_nll", "val_bpd", "test_nll", "test_bpd")}})
+    return evaluations
 
 
 def at_time(evaluations, seconds):
@@ -83,9 +93,11 @@ def summarise(name, metrics, config, reference_final=None, reference_time=None):
            "steps": evaluations[-1]["step"] if evaluations else None,
            "evaluations": len(evaluations)}
     for label, share in (("quarter", 0.25), ("half", 0.5), ("full", 1.0)):
-        p = at_time(evaluations, share * budget)
+        # all of the budget: the run's end, at the first batch past it
+        seconds = share * budget if share < 1 else math.inf
+        p = at_time(evaluations, seconds)
         row[f"val_nll_{label}"] = p and p["val_nll"]
-        best = best_before(evaluations, share * budget)
+        best = best_before(evaluations, seconds)
         row[f"test_nll_{label}"] = best and best["test_nll"]
     last = metrics["epochs"][-1]
     row.update(final_val_nll=last.get("val_nll"), final_test_nll=last.get("test_nll"),
