@@ -5,7 +5,8 @@ SavedModel with :func:`snf_tf.export.export_saved_model`, then starts a fresh Py
 imports TensorFlow but *not* snf_tf and calls the five endpoints: ``log_prob(x)``,
 ``dequantized_log_prob(x, seed)`` (for integer images: the reference's estimate at ``x + u``),
 ``forward(x)``, ``inverse(z)`` and ``sample(n, seed)``. The served log-likelihoods equal the
-model's to 1e-4.
+model's to 1e-4, the served samples ``model.sample(16, seed=0)``; they are drawn to
+``OUT/served_samples.png``.
 
     python examples/export_and_serve.py                          # ≈ 1 min
     python examples/export_and_serve.py --checkpoint runs/selfnorm_fc_mnist/best.keras
@@ -23,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from snf_tf import architectures, data, export  # noqa: E402
+from snf_tf import architectures, data, export, images  # noqa: E402
 
 SERVE = textwrap.dedent("""
     import json, sys
@@ -33,7 +34,8 @@ SERVE = textwrap.dedent("""
     flow = tf.saved_model.load(sys.argv[1])
     x = tf.constant(np.load(sys.argv[2]), tf.float32)
     out = flow.forward(x)
-    samples = flow.sample(n=tf.constant(4), seed=tf.constant(0))
+    samples = flow.sample(n=tf.constant(16), seed=tf.constant(0))
+    np.save(sys.argv[3], samples.numpy())
     back = flow.inverse(out["z"])
     pixels = tf.floor(x)  # the integer images
     print(json.dumps({"log_prob": flow.log_prob(x).numpy().tolist(),
@@ -61,25 +63,44 @@ def main(argv=None):
         model.compile(optimizer=keras.optimizers.Adam(1e-4))
         model.fit(data.load("mnist", "train", 100, data_dir=args.data_dir, limit=2000),
                   epochs=1, verbose=2, shuffle=False)
-    saved = export.export_saved_model(model, os.path.join(args.out, "saved_model"))
-    expected = export.log_prob(model, x).numpy()  # the exported, noise-free computation
+    # --8<-- [start:export]
+    saved = export.export_saved_model(
+        model, os.path.join(args.out, "saved_model"))
+    # what the endpoints must give: the exported, noise-free computations
+    expected = export.log_prob(model, x).numpy()
     dequantized = export.dequantized_log_prob(model, np.floor(x), 0).numpy()
+    # --8<-- [end:export]
 
+    # --8<-- [start:serve]
     np.save(os.path.join(args.out, "x.npy"), x)
+    sampled = os.path.join(args.out, "served_samples.npy")
     served = subprocess.run([sys.executable, "-I", "-c", SERVE, saved,
-                             os.path.join(args.out, "x.npy")],
+                             os.path.join(args.out, "x.npy"), sampled],
                             capture_output=True, text=True, check=True,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     result = json.loads(served.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(result["log_prob"], expected, rtol=1e-4)
     np.testing.assert_allclose(result["dequantized"], dequantized, rtol=1e-4)
+    np.testing.assert_allclose(np.load(sampled), model.sample(16, seed=0),
+                               atol=1e-2)
+    # --8<-- [end:serve]
+    # --8<-- [start:report]
+    grid = os.path.join(args.out, "served_samples.png")
+    images.save_png(grid, images.image_grid(np.load(sampled), columns=8))
+    errors = model.inverse_errors()
     print(f"served from {saved} by a process without snf_tf:")
-    print(f"  log_prob(x) = {np.round(result['log_prob'][:4], 1)} … (equal to the model's)")
-    print(f"  dequantized_log_prob(pixels, seed=0) = {np.round(result['dequantized'][:4], 1)} …")
-    errors = {name: round(value, 3) for name, value in model.inverse_errors().items()}
-    print(f"  sample(n=4) → shape {result['sample_shape']}; "
-          f"max |inverse(forward(x)) − x| = {result['max_reconstruction_error']:.2e} "
-          f"(inverse uses the learned R: ‖RW − I‖_F = {errors}; it shrinks as training goes on)")
+    log_p, deq = result["log_prob"][:3], result["dequantized"][:3]
+    print(f"  log_prob(x)  {np.round(log_p, 1)} …  (the model's)")
+    print(f"  dequantized_log_prob(⌊x⌋, seed=0)  {np.round(deq, 1)} …")
+    print(f"  sample(n=16) → shape {result['sample_shape']}")
+    print(f"  the 16 samples drawn: {grid}")
+    error = result["max_reconstruction_error"]
+    print(f"  max |inverse(forward(x)) − x| = {error:.2e} "
+          f"through the learned R")
+    if errors:  # a model with learned inverses (SNF layers)
+        print(f"  (largest ‖RW − I‖ {max(errors.values()):.3f}; "
+              f"log_prob does not use R)")
+    # --8<-- [end:report]
 
 
 if __name__ == "__main__":

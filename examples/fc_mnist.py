@@ -39,25 +39,45 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
-    split = "train" if args.train_examples is None else f"train[:{args.train_examples}]"
-    train = data.load("mnist", split, args.batch_size, data_dir=args.data_dir)
-    val = data.load("mnist", "validation", 500, data_dir=args.data_dir)
-    test = data.load("mnist", "test", 500, data_dir=args.data_dir)
+    # --8<-- [start:data]
+    folder = args.data_dir  # None: $TFDS_DATA_DIR
+    train = data.load("mnist", "train", args.batch_size, data_dir=folder,
+                      limit=args.train_examples)
+    val = data.load("mnist", "validation", 500, data_dir=folder)
+    test = data.load("mnist", "test", 500, data_dir=folder)
+    # --8<-- [end:data]
 
+    # --8<-- [start:model]
     model = architectures.fc_flow(args.gradient, seed=args.seed)
-    steps = int(train.cardinality())
-    schedule = callbacks.LinearWarmup(args.learning_rate, args.warmup_epochs * steps)
+    steps = int(train.cardinality())  # batches per epoch
+    schedule = callbacks.LinearWarmup(args.learning_rate,
+                                      args.warmup_epochs * steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
-    best = callbacks.BestValidationTest(test, os.path.join(args.out, "best.keras"))
+    # --8<-- [end:model]
+
+    # --8<-- [start:fit]
+    best = callbacks.BestValidationTest(
+        test, os.path.join(args.out, "best.keras"))
     timer = _EpochTimer()
-    log = _MetricsFile(os.path.join(args.out, "metrics.json"), vars(args), timer)
+    log = _MetricsFile(os.path.join(args.out, "metrics.json"), vars(args),
+                       timer)
     model.fit(
-        train, validation_data=val, epochs=args.epochs, verbose=2, shuffle=False,
+        train, validation_data=val, epochs=args.epochs, verbose=2,
+        shuffle=False,
         callbacks=[timer, best, log, keras.callbacks.TerminateOnNaN(),
                    callbacks.ImageGrid(args.out, every=args.epochs, n=64)],
     )
-    print(f"best validation epoch {best.best_epoch + 1}: test NLL {best.test['nll']:.1f} nats "
-          f"= {best.test['bpd']:.4f} bits/dim; samples in {os.path.join(args.out, 'samples.png')}")
+    # --8<-- [end:fit]
+    # --8<-- [start:report]
+    print(f"best validation epoch {best.best_epoch + 1}: "
+          f"test NLL {best.test['nll']:.1f} nats "
+          f"= {best.test['bpd']:.4f} bits/dim")
+    print(f"samples: {os.path.join(args.out, 'samples.png')}")
+    errors = model.inverse_errors()  # SNF layers only: the others have no R
+    if errors:
+        print(f"largest ‖RW − I‖ of the {len(errors)} SNF layers: "
+              f"{max(errors.values()):.4f}")
+    # --8<-- [end:report]
 
 
 class _MetricsFile(keras.callbacks.Callback):

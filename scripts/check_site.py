@@ -20,8 +20,10 @@ Exits 1 with one line per failure, naming the page and the link or the check.
 import argparse
 import html
 import html.parser
+import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,8 @@ PAGES = [
      "quickstart.png"),
     ("tutorials/own_data/", "Your own data", ["Which layers for which data", "val_nll"],
      "own_data.png"),
+    ("tutorials/conv_mnist/", "Conv flow on MNIST", ["Expected output", "SNF convs: from"],
+     "tutorial_conv_mnist.png"),
     ("api/layers/#snf_tf.layers.selfnorm.SelfNormDense", "Layers",
      ["SelfNormDense", "SelfNormConv2D", "reconstruction_weight"], "api_selfnormdense.png"),
 ]
@@ -260,9 +264,6 @@ def check_pages(url, screenshots, binary):
 
 def check_layout(site, url, binary):
     """Failures of the layout probe (module docstring, 3) over every page of the site."""
-    import json
-    import re
-
     site = pathlib.Path(site).resolve()
     pages = sorted(path.relative_to(site).as_posix() for path in site.rglob("index.html"))
     pages = ["./" + page[: -len("index.html")] for page in pages]

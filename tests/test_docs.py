@@ -118,4 +118,5 @@ def test_site_in_a_real_browser(tmp_path):
                          text=True, timeout=600, env=dict(os.environ, PYTHON=sys.executable))
     assert out.returncode == 0, out.stdout + out.stderr
     assert sorted(p.name for p in shots.glob("*.png")) == [
-        "api_selfnormdense.png", "home.png", "own_data.png", "quickstart.png"]
+        "api_selfnormdense.png", "home.png", "own_data.png", "quickstart.png",
+        "tutorial_conv_mnist.png"]
