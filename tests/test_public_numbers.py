@@ -84,16 +84,17 @@ def test_realnvp_bijector_is_the_affine_coupling_of_the_layer_weights(reverse, c
     np.testing.assert_allclose(log_det, log_det_ref, rtol=1e-12, atol=1e-12)
 
 
-def _dense_model():
+def _dense_model(weights=(0.7, 1.3), n=16, data_seed=2, scale=0.2, perturb_seed=5):
+    """SNF dense → Smooth Leaky ReLU → SNF dense in float64 on 3-D data, weights perturbed."""
     keras.utils.set_random_seed(0)
-    model = FlowModel([L.SelfNormDense(reconstruction_weight=0.7, dtype="float64"),
+    model = FlowModel([L.SelfNormDense(reconstruction_weight=weights[0], dtype="float64"),
                        L.SmoothLeakyReLU(dtype="float64"),
-                       L.SelfNormDense(reconstruction_weight=1.3, dtype="float64")],
+                       L.SelfNormDense(reconstruction_weight=weights[1], dtype="float64")],
                       dtype="float64")
-    x = np.random.default_rng(2).standard_normal((16, 3))
+    x = np.random.default_rng(data_seed).standard_normal((n, 3))
     model(x[:2])
     for layer in model.flow_layers:
-        perturb(layer, 0.2, seed=5)
+        perturb(layer, scale, seed=perturb_seed)
     return model, x
 
 
@@ -188,16 +189,9 @@ def test_a_training_step_applies_half_the_exact_kernel_gradient_where_r_is_w_inv
     exact one (the data half ½ xᵀδ and −½ Rᵀ = −½ W⁻ᵀ) and that of each bias the exact one: one
     SGD step of ``fit`` moves the weights by exactly that, the exact gradient taken by autodiff
     through ``slogdet`` of a plain TensorFlow NLL of the same weights."""
-    keras.utils.set_random_seed(0)
-    model = FlowModel([L.SelfNormDense(reconstruction_weight=0.0, dtype="float64"),
-                       L.SmoothLeakyReLU(dtype="float64"),
-                       L.SelfNormDense(reconstruction_weight=0.0, dtype="float64")],
-                      dtype="float64")
-    x = np.random.default_rng(3).standard_normal((32, 3))
-    model(x[:2])
+    model, x = _dense_model(weights=(0.0, 0.0), n=32, data_seed=3, scale=0.3, perturb_seed=8)
     dense = [model.flow_layers[0], model.flow_layers[2]]
     for layer in dense:
-        perturb(layer, 0.3, seed=8)
         layer.inverse_kernel.assign(np.linalg.inv(layer.kernel.numpy()))
     before = [tf.Variable(w.numpy()) for layer in dense for w in (layer.kernel, layer.bias)]
     activation = model.flow_layers[1]

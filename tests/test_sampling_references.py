@@ -2,7 +2,13 @@
 the same sampler: ``FlowModel.sample`` at temperatures T ≠ 1, with a seed (z = T·ε for the
 documented ε, or μ(y) + T·σ(y)·ε with μ, σ computed in NumPy from the conditional base's
 weights) and without one (the latents' statistics), and ``as_distribution(context=y)`` of a
-conditional model on ``[k, rows]`` batches (each row paired with its own context)."""
+conditional model on ``[k, rows]`` batches (each row paired with its own context); and what
+``ImageGrid``, ``snf-tf sample`` (checkpoint at T ≠ 1, SavedModel) and the SavedModel's
+``sample`` draw, against ``inverse(T·ε)`` of the documented ε."""
+
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -10,8 +16,9 @@ import pytest
 import tensorflow as tf
 from conftest import perturb
 
-from snf_tf import FlowModel
+from snf_tf import FlowModel, architectures, callbacks, export
 from snf_tf import layers as L
+from snf_tf.images import image_grid, save_png
 
 D = 4
 
@@ -130,3 +137,74 @@ def test_tfp_view_of_a_conditional_model_pairs_rows_and_contexts_on_k_by_rows_ba
         np.testing.assert_allclose(pushed[:, j], expected, rtol=1e-5, atol=1e-5)
     samples = dist.sample(5, seed=(1, 2))
     assert tuple(samples.shape) == (5, 3, D) and np.isfinite(dist.log_prob(samples)).all()
+
+
+# -- what run folders, the CLI and SavedModels draw: an image flow, ε of shape [n, 784] --------
+
+def _image_flow():
+    """The SNF FC flow of MNIST, weights perturbed (R ≠ W⁻¹, as during training)."""
+    keras.utils.set_random_seed(0)
+    model = architectures.fc_flow(seed=0)
+    model.forward(np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype("float32"),
+                  training=True)
+    for layer in model.flow_layers:
+        perturb(layer, 0.01, seed=3)
+    return model
+
+
+def _expected_grid(model, n, seed, temperature, folder):
+    """The gray levels of ``model.inverse(T·ε)`` (ε = stateless_normal([n, 784], seed=[s, 0]))
+    as a PNG grid reads back (the PNG writer's own rounding included)."""
+    eps = tf.random.stateless_normal([n] + list(model.latent_shape), seed=[seed, 0])
+    path = folder / f"expected_{n}_{seed}_{temperature}.png"
+    save_png(str(path), image_grid(model.inverse(temperature * eps).numpy()))
+    return _png_gray(path)
+
+
+def _png_gray(path):
+    import matplotlib.pyplot as plt
+
+    return np.round(plt.imread(path)[..., 0] * 255).astype(np.int64)
+
+
+def _assert_same_grid(got, expected):
+    """Equal gray levels but for floor() flips of values within round-off of an integer."""
+    diff = np.abs(got - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+def test_image_grid_callback_draws_the_inverse_of_t_times_the_documented_noise(tmp_path):
+    model = _image_flow()
+    grid = callbacks.ImageGrid(str(tmp_path), n=16, temperature=0.5, seed=3)
+    grid.set_model(model)
+    grid.on_epoch_end(0)
+    _assert_same_grid(_png_gray(tmp_path / "samples.png"),
+                      _expected_grid(model, 16, 3, 0.5, tmp_path))
+
+
+def test_saved_model_sample_is_the_inverse_of_the_documented_noise(tmp_path):
+    model = _image_flow()
+    served = tf.saved_model.load(export.export_saved_model(model, str(tmp_path / "sm")))
+    got = served.sample(n=tf.constant(6), seed=tf.constant(4)).numpy()
+    eps = tf.random.stateless_normal([6, 784], seed=[4, 0])
+    np.testing.assert_allclose(got, model.inverse(eps), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_console_sample_draws_the_inverse_of_t_times_the_documented_noise(tmp_path):
+    """``snf-tf sample`` as a user runs it: a checkpoint at T = 0.5 and its SavedModel (T = 1)."""
+    model = _image_flow()
+    model.save(tmp_path / "flow.keras")
+    export.export_saved_model(model, str(tmp_path / "sm"))
+    snf_tf_command = os.path.join(os.path.dirname(sys.executable), "snf-tf")
+    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
+           "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    for source, temperature in (("flow.keras", 0.5), ("sm", 1.0)):
+        args = [snf_tf_command, "sample", source, "-n", "16", "--seed", "3", "-o", "grid.png"]
+        if temperature != 1.0:
+            args += ["--temperature", str(temperature)]
+        out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        _assert_same_grid(_png_gray(tmp_path / "grid.png"),
+                          _expected_grid(model, 16, 3, temperature, tmp_path))
