@@ -31,6 +31,13 @@ def nll(z, log_det):
     return -tf.reduce_mean(-0.5 * tf.reduce_sum(z * z, -1) - 0.5 * d * LOG_2PI + log_det)
 
 
+def fresh_process_env():
+    """This process's environment for a child interpreter that must import the installed
+    package, not the checkout (no PYTHONPATH), with TensorFlow's start-up chatter off."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return dict(env, TF_CPP_MIN_LOG_LEVEL="3")
+
+
 def built(layer, input_shape):
     """``layer`` after ``layer.build(input_shape)``: one-line cases of bad-input tables."""
     layer.build(input_shape)

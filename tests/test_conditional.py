@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import fresh_process_env
 
 from snf_tf import ConditionalNormal, FlowModel, architectures
 from snf_tf import layers as L
@@ -303,8 +304,7 @@ def test_saved_model_takes_labels_in_a_process_without_snf_tf(tmp_path):
     np.save(tmp_path / "x.npy", pixels)
     script = tmp_path / "fresh.py"
     script.write_text(_FRESH)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env = fresh_process_env()
     job = {"path": os.path.abspath(path), "x": str(tmp_path / "x.npy"), "y": y.tolist()}
     result = subprocess.run([sys.executable, "-I", str(script), json.dumps(job)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=180)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import fresh_process_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TFDS = os.environ.get("TFDS_DATA_DIR", "")
@@ -33,9 +34,8 @@ def _expected_output(page):
 
 
 def _run_example(script, args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, str(ROOT / "examples" / script)] + args, cwd=cwd,
-                         env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                         env=fresh_process_env(), capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]

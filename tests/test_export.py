@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import fresh_process_env
 
 from snf_tf import FlowModel, architectures, export, layers
 
@@ -271,8 +272,7 @@ def test_fresh_process_without_snf_tf(exported, tmp_path):
         jobs[name] = {"path": os.path.abspath(path), "x": str(tmp_path / f"{name}.npy")}
     script = tmp_path / "fresh.py"
     script.write_text(_FRESH)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env = fresh_process_env()
     result = subprocess.run([sys.executable, "-I", str(script), json.dumps(jobs)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

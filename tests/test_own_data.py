@@ -3,7 +3,6 @@ examples/own_data.py (the tutorial's script), each in a fresh interpreter with a
 environment, and the tutorial's table of layers for vectors and images matches the layers."""
 
 import json
-import os
 import pathlib
 import re
 import subprocess
@@ -11,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import fresh_process_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKS = """
@@ -25,11 +25,6 @@ print("checked")
 """
 
 
-def _clean_env():
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    return dict(env, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _block_after(page, heading):
     text = page.read_text()
     section = text[text.index(heading):]
@@ -42,7 +37,7 @@ def test_the_home_page_snippet_on_your_own_data_runs(tmp_path):
     assert "FlowModel(" in code and ".fit(" in code and "log_prob" in code
     script = tmp_path / "snippet.py"
     script.write_text(code + CHECKS)
-    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_clean_env(),
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=fresh_process_env(),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.strip().endswith("checked")
@@ -53,7 +48,7 @@ def test_the_home_page_snippet_on_your_own_data_runs(tmp_path):
 def test_the_own_data_tutorial_script_runs(tmp_path):
     pytest.importorskip("sklearn", reason="examples/own_data.py reads scikit-learn's digits")
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "own_data.py"), "--quick",
-                          "--out", str(tmp_path / "out")], cwd=tmp_path, env=_clean_env(),
+                          "--out", str(tmp_path / "out")], cwd=tmp_path, env=fresh_process_env(),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())
