@@ -47,6 +47,7 @@ CHECKED = {
         "tests/test_ops_selfnorm.py::test_flip_kernel_is_the_transposed_conv",
     ],
     "snf_tf.ops.selfnorm.relative_dense": [
+        "tests/test_ops_selfnorm.py::test_relative_dense_gradient_is_the_relative_gradient",
         "tests/test_selfnorm.py::test_relative_gradient_is_euclidean_gradient_times_wtw",
     ],
     "snf_tf.ops.selfnorm.relative_log_det_surrogate": [
@@ -54,10 +55,12 @@ CHECKED = {
         "tests/test_selfnorm.py::test_relative_gradient_is_euclidean_gradient_times_wtw",
     ],
     "snf_tf.ops.selfnorm.selfnorm_conv2d": [
+        "tests/test_ops_selfnorm.py::test_fused_op_values_and_gradients_equal_the_documented_formulas",
         "tests/test_selfnorm.py::test_conv_snf_gradients_equal_dense_toeplitz_formulas",
         "tests/test_selfnorm.py::test_conv_reconstruction_ignores_non_finite_examples",
     ],
     "snf_tf.ops.selfnorm.selfnorm_dense": [
+        "tests/test_ops_selfnorm.py::test_fused_op_values_and_gradients_equal_the_documented_formulas",
         "tests/test_selfnorm.py::test_dense_snf_gradient_is_half_the_exact_gradient_when_r_is_the_inverse",
         "tests/test_selfnorm.py::test_dense_gradients_equal_the_paper_formulas_in_numpy",
     ],
