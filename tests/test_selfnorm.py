@@ -681,3 +681,44 @@ def test_exact_gradient_layer_outside_training_reads_a_fresh_cache_with_the_live
     np.testing.assert_allclose(moved.numpy(), live(tf.convert_to_tensor(layer.kernel)).numpy()
                                * np.ones(shape[0]), rtol=1e-12)
     assert not np.allclose(moved.numpy(), cached.numpy())
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv3x3"])
+def test_refresh_inside_a_graph_stores_the_slogdet_of_the_matrix(kind):
+    """``refresh_log_det`` traced (as ``FlowModel.refresh_log_dets`` may be) computes live."""
+    rng = np.random.default_rng(21)
+    layer = make_dense(5, rng) if kind == "dense" else make_conv(3, 2, 4, 5, rng)
+    matrix = (layer.kernel.numpy() if kind == "dense"
+              else conv_matrix(layer.kernel, 4, 5).numpy())
+    value = tf.function(layer.refresh_log_det)()
+    truth = np.linalg.slogdet(matrix)[1]
+    np.testing.assert_allclose(value.numpy(), truth, rtol=1e-10)
+    np.testing.assert_allclose(layer.log_det_cache.numpy(), truth, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv3x3"])
+def test_exact_gradient_layer_log_det_is_live_with_the_inverse_transpose_gradient(kind):
+    """``gradient="exact"``: ``exact_log_abs_det()`` is differentiable, ``∂/∂T = T⁻ᵀ``
+    (projected onto the kernel taps for a conv)."""
+    rng = np.random.default_rng(22)
+    layer = (make_dense(5, rng, gradient="exact") if kind == "dense"
+             else make_conv(3, 2, 4, 5, rng, gradient="exact"))
+    with tf.GradientTape() as tape:
+        value = 1.5 * layer.exact_log_abs_det()
+    grad = tape.gradient(value, layer.kernel).numpy()
+    if kind == "dense":
+        matrix = layer.kernel.numpy()
+        expected = 1.5 * np.linalg.inv(matrix).T
+    else:
+        matrix = conv_matrix(layer.kernel, 4, 5).numpy()
+        expected = 1.5 * project_to_kernel(np.linalg.inv(matrix).T, layer.kernel.shape, 4, 5)
+    np.testing.assert_allclose(value.numpy(), 1.5 * np.linalg.slogdet(matrix)[1], rtol=1e-10)
+    np.testing.assert_allclose(grad, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_exact_log_abs_det_takes_its_own_event_shape_and_refuses_another():
+    layer = make_conv(3, 2, 4, 5, np.random.default_rng(23))
+    truth = np.linalg.slogdet(conv_matrix(layer.kernel, 4, 5).numpy())[1]
+    np.testing.assert_allclose(layer.exact_log_abs_det(event_shape=(4, 5, 2)), truth, rtol=1e-10)
+    with pytest.raises(ValueError, match=r"built for per-example shape \(4, 5, 2\)"):
+        layer.exact_log_abs_det(event_shape=(5, 4, 2))
