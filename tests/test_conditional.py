@@ -352,3 +352,19 @@ def test_fc_and_conv_flows_are_conditional_through_their_base(build):
     np.testing.assert_allclose(model.log_prob(x, noise=False, context=y),
                                _numpy_base_log_prob(model, z, y) + np.asarray(log_det),
                                rtol=1e-5)
+
+
+def test_a_traced_call_with_an_unknown_batch_pairs_and_checks_context_rows():
+    """Keras traces with the batch dimension unknown: the context's rows are then checked
+    against the data's batch at run time (not against another dimension of x)."""
+    model = FlowModel([L.SelfNormDense(), L.SmoothLeakyReLU(), L.SelfNormDense()],
+                      context_dim=3)
+    rng = np.random.default_rng(6)
+    x, c = rng.standard_normal((5, 4)).astype("float32"), rng.standard_normal((5, 3))
+    model.forward(x, training=True, context=c.astype("float32"))
+    traced = tf.function(lambda x, c: model.log_prob(x, context=c), input_signature=[
+        tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None, 3], tf.float32)])
+    np.testing.assert_allclose(traced(x, c.astype("float32")),
+                               model.log_prob(x, context=c.astype("float32")), rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="the context.*batch differs"):
+        traced(x, c[:4].astype("float32"))
