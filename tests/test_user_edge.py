@@ -256,8 +256,10 @@ def test_a_full_disk_in_export_and_sample_is_one_line(trained, tmp_path):
 
 @needs_mnist
 def test_ctrl_c_stops_with_one_line_that_gives_the_resume_command(tmp_path):
+    # Many epochs, interrupted after the first: with 3 (a few seconds) a test process starved of
+    # CPU by the other worker sent its Ctrl-C only as the finished run was exiting (status 0).
     process = subprocess.Popen(
-        ["snf-tf", "train", "selfnorm_fc_mnist", "--epochs", "3", "--train-examples", "5000",
+        ["snf-tf", "train", "selfnorm_fc_mnist", "--epochs", "100", "--train-examples", "5000",
          "--eval-examples", "200", "--out", "r", "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metadata = tmp_path / "r" / "backup" / "training_metadata.json"
