@@ -254,12 +254,31 @@ def test_a_full_disk_in_export_and_sample_is_one_line(trained, tmp_path):
     assert not [name for name in os.listdir(tmp_path) if "partial" in name]
 
 
+# What a terminal gives the command it starts: Ctrl-C at its default action and not blocked. A
+# pytest-xdist worker may hold SIGINT ignored or blocked (both pass to a child process): the
+# command is exec'd through this small reset, under the same pid.
+_AS_FROM_A_TERMINAL = (
+    "import os, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def _signal_state(pid):
+    """The SigBlk / SigIgn / SigCgt lines of a process (what it does with a signal)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return " ".join(line.strip() for line in f if line.startswith(("SigBlk", "SigIgn",
+                                                                          "SigCgt")))
+    except OSError:
+        return "(no /proc)"
+
+
 @needs_mnist
 def test_ctrl_c_stops_with_one_line_that_gives_the_resume_command(tmp_path):
     # Many epochs, interrupted after the first: with 3 (a few seconds) a test process starved of
     # CPU by the other worker sent its Ctrl-C only as the finished run was exiting (status 0).
     process = subprocess.Popen(
-        ["snf-tf", "train", "selfnorm_fc_mnist", "--epochs", "100", "--train-examples", "5000",
+        [sys.executable, "-c", _AS_FROM_A_TERMINAL,
+         "snf-tf", "train", "selfnorm_fc_mnist", "--epochs", "100", "--train-examples", "5000",
          "--eval-examples", "200", "--out", "r", "--quiet"], cwd=tmp_path, env=clean_env(tmp_path),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metadata = tmp_path / "r" / "backup" / "training_metadata.json"
@@ -267,8 +286,13 @@ def test_ctrl_c_stops_with_one_line_that_gives_the_resume_command(tmp_path):
     while time.time() < deadline and process.poll() is None and not metadata.exists():
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()[1][-3000:]
+    state = _signal_state(process.pid)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"Ctrl-C did not stop the run; its signal state: {state}") from None
     result = subprocess.CompletedProcess(process.args, process.returncode, "", err)
     line = assert_one_line(result, 130, "interrupted", "keeps its last finished epoch (")
     assert line.endswith("snf-tf train selfnorm_fc_mnist --out r --resume")
