@@ -218,9 +218,7 @@ def test_seeded_sample_of_a_split_prior_model_walks_back_with_seed_plus_one(temp
     model = architectures.glow(steps_per_block=1, hidden_channels=8, seed=0)
     x = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 1)).astype("float32")
     model.forward(x, training=True)
-    rng = np.random.default_rng(2)
-    for w in model.trainable_weights:
-        w.assign(w.numpy() + 0.05 * rng.standard_normal(w.shape).astype(w.dtype))
+    perturb(model, 0.05, seed=2)
     eps = tf.random.stateless_normal((3,) + model.latent_shape, seed=[4, 0])
     got = model.sample(3, temperature=temperature, seed=4)
     walked = {s: model.inverse(temperature * eps, temperature=temperature, seed=s).numpy()

@@ -274,8 +274,8 @@ def _signal_state(pid):
 
 @needs_mnist
 def test_ctrl_c_stops_with_one_line_that_gives_the_resume_command(tmp_path):
-    # Many epochs, interrupted after the first: with 3 (a few seconds) a test process starved of
-    # CPU by the other worker sent its Ctrl-C only as the finished run was exiting (status 0).
+    # Many epochs, interrupted after the first: a Ctrl-C that is lost shows as a timeout with
+    # the signal state below, not as a short run that simply finished (status 0).
     process = subprocess.Popen(
         [sys.executable, "-c", _AS_FROM_A_TERMINAL,
          "snf-tf", "train", "selfnorm_fc_mnist", "--epochs", "100", "--train-examples", "5000",
